@@ -1,0 +1,331 @@
+"""The Segmenter: preprocess -> infer -> postprocess, batched and device resident.
+
+A frame goes up to the device once (zero-copy on the CPU, a pinned staging buffer and a
+non-blocking copy on CUDA); encoding conversion, resize, normalisation, inference, upsampling,
+argmax and the lookup tables all run as tensor operations there; only the uint8 outputs that
+were asked for come back. CUDA-only extras sit in small guarded helpers with the CPU result.
+"""
+
+from collections import namedtuple
+import contextlib
+import threading
+import time
+
+import numpy as np
+from semseg_ros.core import render
+import torch
+import torch.nn.functional as F
+
+OUTPUTS = ('label', 'color', 'overlay', 'drivable', 'confidence')
+# Outputs that need the argmax label map.
+LABEL_OUTPUTS = frozenset(('label', 'color', 'overlay', 'drivable'))
+COLORS = ('rgb', 'bgr', 'rgba', 'bgra', 'mono')
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+UPSAMPLE_MODES = ('logits', 'labels')
+
+Frame = namedtuple('Frame', ['array', 'color'])
+Frame.__doc__ = """An image as an (H, W, C) or (H, W) uint8/uint16 array and its channel order."""
+
+
+class EngineError(RuntimeError):
+    """The engine cannot be set up or cannot process a frame."""
+
+
+def select_device(spec='auto'):
+    """Return the torch.device for 'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    spec = (spec or 'auto').strip().lower()
+    if spec == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if spec == 'cpu':
+        return torch.device('cpu')
+    if spec == 'cuda' or spec.startswith('cuda:'):
+        if not torch.cuda.is_available():
+            raise EngineError(
+                f'device {spec!r} requested but CUDA is not available '
+                f'(torch {torch.__version__}, built for CUDA {torch.version.cuda}); '
+                "use device 'auto' to fall back to the CPU")
+        try:
+            device = torch.device(spec)
+        except RuntimeError as exc:
+            raise EngineError(f'invalid device {spec!r}: {exc}') from None
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise EngineError(f'device {spec!r} requested but only {count} CUDA device(s) exist')
+        return device
+    raise EngineError(f"invalid device {spec!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class _Uploader:
+    """Host to device copies: zero-copy on the CPU, pinned staging + non_blocking on CUDA."""
+
+    def __init__(self, device, pinned=True):
+        self.device = device
+        self.pinned = pinned and device.type == 'cuda'
+        self._staging = {}
+
+    def __call__(self, array):
+        if any(stride < 0 for stride in array.strides):
+            array = np.ascontiguousarray(array)  # torch rejects negative strides
+        host = torch.from_numpy(array)
+        if self.device.type == 'cpu':
+            return host
+        if not self.pinned:
+            return host.to(self.device)
+        key = (tuple(host.shape), host.dtype)
+        buffer = self._staging.get(key)
+        if buffer is None:
+            buffer = torch.empty(host.shape, dtype=host.dtype).pin_memory()
+            self._staging[key] = buffer
+        buffer.copy_(host)
+        return buffer.to(self.device, non_blocking=True)
+
+
+def _synchronize(device):
+    """Wait for queued device work (CUDA only) so stage timings are honest."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+class Segmenter:
+    """Run a SegmentationModel on frames and produce the uint8 outputs asked for."""
+
+    def __init__(self, model, classes, device='auto', precision='fp32', input_size=None,
+                 upsample='logits', channels_last=False, overlay_alpha=0.5, warmup=True,
+                 pinned_memory=True):
+        """Put the model on the device, check it against the class set and warm it up.
+
+        input_size (width, height) overrides the model's own; None keeps it, and a model
+        without one runs at each frame's size (padded to its size divisor).
+        """
+        if precision not in PRECISIONS:
+            raise EngineError(f'precision must be one of {", ".join(PRECISIONS)}, '
+                              f'not {precision!r}')
+        if upsample not in UPSAMPLE_MODES:
+            raise EngineError(f'upsample must be one of {", ".join(UPSAMPLE_MODES)}')
+        classes.check_model(model.num_classes, getattr(model, 'name', 'the model'))
+        self.device = select_device(device) if isinstance(device, str) else device
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.upsample = upsample
+        self.channels_last = bool(channels_last)
+        self.classes = classes
+        self.model = model.eval().to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        spec = model.preprocess
+        self.preprocess = spec
+        size = tuple(input_size) if input_size else spec.input_size
+        self.input_size = self._round_size(size) if size else None
+        self._upload = _Uploader(self.device, pinned_memory)
+        # y = x * gain + bias, per channel, in the model's channel order.
+        std = torch.tensor(spec.std, dtype=torch.float32)
+        mean = torch.tensor(spec.mean, dtype=torch.float32)
+        self._gain = (spec.scale / std).view(3, 1, 1).to(self.device)
+        self._bias = (-mean * spec.scale / std).view(3, 1, 1).to(self.device)
+        self._lock = threading.Lock()
+        self.set_overlay_alpha(overlay_alpha)
+        self.set_classes(classes)
+        self.timings = {'preprocess': 0.0, 'inference': 0.0, 'postprocess': 0.0}
+        self.frames = 0
+        if self.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True
+        if warmup:
+            self.warmup()
+
+    # Settings that may change at run time.
+    def set_classes(self, classes):
+        """Replace the class set (same class count): colors and drivable ids."""
+        classes.check_model(self.model.num_classes, getattr(self.model, 'name', 'the model'))
+        self.classes = classes
+        self._color_lut = torch.from_numpy(classes.color_lut()).to(self.device)
+        self._drivable_lut = torch.from_numpy(classes.drivable_lut()).to(self.device)
+
+    def set_overlay_alpha(self, alpha):
+        """Set the overlay opacity of the class colors, 0..1."""
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise EngineError(f'overlay alpha must be in 0..1, got {alpha}')
+        self.overlay_alpha = float(alpha)
+
+    @property
+    def label_dtype(self):
+        """Return the numpy dtype of label maps (uint8 up to 256 classes, else uint16)."""
+        return np.uint8 if len(self.classes) <= 256 else np.uint16
+
+    def _round_size(self, size):
+        div = max(1, int(self.preprocess.size_divisor))
+        w, h = (int(v) for v in size)
+        if w <= 0 or h <= 0:
+            raise EngineError(f'input size must be positive, got {size}')
+        return (-(-w // div) * div, -(-h // div) * div)
+
+    def warmup(self, size=None):
+        """Run one forward pass on a blank frame so the first real frame is not slow."""
+        w, h = size or self.input_size or (64 * self.preprocess.size_divisor,) * 2
+        self.process([Frame(np.zeros((h, w, 3), np.uint8), 'rgb')], ('label',))
+        self.frames = 0
+
+    # Stages.
+    def _to_chw(self, frame):
+        """Upload one frame and return (3, H, W) float in the model's channel order."""
+        array, color = frame
+        if color not in COLORS:
+            raise EngineError(f'unknown channel order {color!r}; expected one of {COLORS}')
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape:
+            raise EngineError(f'frame must be (H, W), (H, W, 1|3|4) and not empty, '
+                              f'got {array.shape}')
+        if array.dtype not in (np.uint8, np.uint16):
+            raise EngineError(f'frame dtype must be uint8 or uint16, got {array.dtype}')
+        hwc = self._upload(array)
+        channels = hwc.shape[2]
+        if channels == 1:
+            order = [0, 0, 0]
+        elif color.startswith('bgr'):
+            order = [2, 1, 0]
+        else:
+            order = [0, 1, 2]
+        if self.preprocess.channel_order == 'bgr':
+            order = order[::-1]
+        chw = hwc.permute(2, 0, 1)[order].to(torch.float32)
+        if hwc.dtype != torch.uint8:
+            chw.mul_(255.0 / 65535.0)
+        return hwc, chw
+
+    def _batch(self, chws):
+        """Resize (or pad) and normalise frames into batches: [(tensor, [(index, valid)])]."""
+        groups = {}
+        for i, chw in enumerate(chws):
+            h, w = chw.shape[1:]
+            if self.input_size:
+                tw, th = self.input_size
+                if (w, h) != (tw, th):
+                    chw = F.interpolate(chw[None], size=(th, tw), mode='bilinear',
+                                        align_corners=False)[0]
+                valid = (th, tw)
+            else:
+                tw, th = self._round_size((w, h))
+                if (w, h) != (tw, th):
+                    chw = F.pad(chw, (0, tw - w, 0, th - h))
+                valid = (h, w)
+            groups.setdefault((th, tw), []).append((i, valid, chw))
+        batches = []
+        for items in groups.values():
+            batch = torch.stack([chw for _, _, chw in items])
+            batch.mul_(self._gain).add_(self._bias)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            batches.append((batch, [(i, valid) for i, valid, _ in items]))
+        return batches
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _infer(self, batch):
+        with self._autocast():
+            logits = self.model(batch)
+        if logits.ndim != 4 or logits.shape[1] != self.model.num_classes:
+            raise EngineError(
+                f'model returned shape {tuple(logits.shape)}; expected (N, '
+                f'{self.model.num_classes}, h, w)')
+        return logits.float()
+
+    def _postprocess(self, logits, valid, image, wanted):
+        """Turn one frame's (C, h, w) logits into the wanted outputs at the frame's size."""
+        ph, pw = logits.shape[1:]
+        vh, vw = valid
+        if self.input_size is None and (vh, vw) != (ph, pw):
+            logits = logits[:, :vh, :vw]  # drop the padding
+        h, w = image[0].shape[:2]
+        resize = tuple(logits.shape[1:]) != (h, w)
+        if resize and self.upsample == 'logits':
+            logits = F.interpolate(logits[None], size=(h, w), mode='bilinear',
+                                   align_corners=False)[0]
+        out = {}
+        need_labels = bool(wanted & LABEL_OUTPUTS)
+        if 'confidence' in wanted:
+            prob, labels = torch.softmax(logits, dim=0).max(dim=0)
+            conf = prob
+            if resize and self.upsample == 'labels':
+                conf = F.interpolate(prob[None, None], size=(h, w), mode='bilinear',
+                                     align_corners=False)[0, 0]
+            out['confidence'] = render.confidence(conf)
+        elif need_labels:
+            labels = logits.argmax(dim=0)
+        if need_labels:
+            if resize and self.upsample == 'labels':
+                labels = F.interpolate(labels[None, None].float(), size=(h, w),
+                                       mode='nearest')[0, 0].long()
+            if 'label' in wanted:
+                dtype = torch.uint8 if self.label_dtype == np.uint8 else torch.int32
+                out['label'] = labels.to(dtype)
+            if 'color' in wanted or 'overlay' in wanted:
+                colors = render.colorize(labels, self._color_lut)
+                if 'color' in wanted:
+                    out['color'] = colors
+                if 'overlay' in wanted:
+                    out['overlay'] = render.overlay(self._rgb(*image), colors, self.overlay_alpha)
+            if 'drivable' in wanted:
+                out['drivable'] = render.drivable(labels, self._drivable_lut)
+        return out
+
+    @staticmethod
+    def _rgb(hwc, order):
+        """Return the uploaded (H, W, C) frame as (H, W, 3) uint8 RGB for the overlay."""
+        rgb = hwc
+        if rgb.dtype != torch.uint8:
+            rgb = (rgb.to(torch.float32) * (255.0 / 65535.0)).round_().to(torch.uint8)
+        if rgb.shape[2] == 1:
+            return rgb.expand(-1, -1, 3)
+        return rgb[:, :, order]
+
+    def process(self, frames, outputs=OUTPUTS):
+        """Segment frames; return one dict per frame of numpy arrays for the outputs asked for.
+
+        label: (H, W) uint8 (uint16 past 256 classes); color and overlay: (H, W, 3) uint8 RGB;
+        drivable: (H, W) uint8 0/255; confidence: (H, W) uint8 max softmax x 255.
+        """
+        wanted = set(outputs)
+        unknown = wanted - set(OUTPUTS)
+        if unknown:
+            raise EngineError(f'unknown outputs {sorted(unknown)}; valid: {OUTPUTS}')
+        if not frames or not wanted:
+            return [{} for _ in frames]
+        with self._lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            uploaded = [self._to_chw(f) for f in frames]
+            batches = self._batch([chw for _, chw in uploaded])
+            _synchronize(self.device)
+            t1 = time.perf_counter()
+            results = [None] * len(frames)
+            logits_list = [(self._infer(batch), index) for batch, index in batches]
+            _synchronize(self.device)
+            t2 = time.perf_counter()
+            for logits, index in logits_list:
+                for row, (i, valid) in enumerate(index):
+                    image = (uploaded[i][0], self._rgb_order(frames[i]))
+                    results[i] = self._postprocess(logits[row], valid, image, wanted)
+            host = [{k: self._download(v) for k, v in r.items()} for r in results]
+            t3 = time.perf_counter()
+        self.timings = {'preprocess': t1 - t0, 'inference': t2 - t1, 'postprocess': t3 - t2}
+        self.frames += len(frames)
+        return host
+
+    @staticmethod
+    def _rgb_order(frame):
+        array, color = frame
+        if array.ndim == 2 or array.shape[2] == 1:
+            return [0]
+        return [2, 1, 0] if color.startswith('bgr') else [0, 1, 2]
+
+    def _download(self, tensor):
+        array = tensor.cpu().numpy()
+        if array.dtype == np.int32:
+            array = array.astype(np.uint16)
+        return array
+
+    def labels(self, frames):
+        """Return only the label maps of frames (evaluation helper)."""
+        return [r['label'] for r in self.process(frames, ('label',))]

@@ -1,0 +1,205 @@
+"""Node parameters as data: one table of specs, read once into a validated Settings object.
+
+The node declares every parameter from PARAMETERS (description, type, range or choices,
+read-only flag) and builds Settings from the values; tests and tools build Settings from a
+dict or a params YAML without ROS.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+import yaml
+
+
+class SettingsError(ValueError):
+    """A parameter value is invalid; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parameter: name, default, description and constraints."""
+
+    name: str
+    default: Any
+    description: str
+    choices: Tuple[str, ...] = ()
+    low: Optional[float] = None
+    high: Optional[float] = None
+    read_only: bool = True  # changing it needs a restart (or a lifecycle reconfigure)
+    kind: Optional[type] = None  # element type of array parameters
+
+    @property
+    def value_type(self):
+        """Return the Python type of the value (list for arrays)."""
+        return list if isinstance(self.default, list) else type(self.default)
+
+
+OUTPUT_NAMES = ('label', 'color', 'overlay', 'drivable', 'confidence')
+RELIABILITY = ('reliable', 'best_effort')
+
+PARAMETERS = (
+    Spec('model.backend', 'espnet', 'Model backend: a name of the model registry '
+         '(espnet, espnetv2, torchscript, ...).'),
+    Spec('model.weights', '', 'Weights or model file. Empty: the published weights of the '
+         'built-in model, from the cache directory (SEMSEG_ROS_CACHE) or downloaded once.'),
+    Spec('model.download', True, 'Allow downloading published weights missing from the cache.'),
+    Spec('model.input_width', 0, 'Width the model runs at; 0 = the model default (or the '
+         'frame width for models without one).', low=0, high=8192),
+    Spec('model.input_height', 0, 'Height the model runs at; 0 = the model default (or the '
+         'frame height).', low=0, high=8192),
+    Spec('model.upsample', 'logits', "How results reach the input resolution: 'logits' "
+         "(bilinear logits, then argmax; best edges) or 'labels' (argmax, then nearest; "
+         'cheaper).', choices=('logits', 'labels')),
+    Spec('device', 'auto', "Torch device: 'auto' (CUDA when available, else CPU), 'cpu', "
+         "'cuda' or 'cuda:N'."),
+    Spec('precision', 'fp32', 'Inference precision (fp16/bf16 use autocast).',
+         choices=('fp32', 'fp16', 'bf16')),
+    Spec('channels_last', False, 'Use the channels_last memory format (faster convolutions '
+         'on recent GPUs).'),
+    Spec('warmup', True, 'Run one blank frame through the model at start-up.'),
+    Spec('classes', '', 'Class set: a name in config/classes (camvid, cityscapes) or a YAML '
+         "path. Empty: the model's own class set."),
+    Spec('drivable_classes', [''], 'Names (or ids) of the drivable classes; empty: the '
+         "'drivable: true' entries of the class set.", read_only=False, kind=str),
+    Spec('overlay_alpha', 0.5, 'Opacity of the class colors in the overlay image.',
+         low=0.0, high=1.0, read_only=False),
+    Spec('outputs.label', True, 'Publish segmentation/label (class id per pixel).',
+         read_only=False),
+    Spec('outputs.color', True, 'Publish segmentation/color (palette colors).', read_only=False),
+    Spec('outputs.overlay', True, 'Publish segmentation/overlay (image blended with colors).',
+         read_only=False),
+    Spec('outputs.drivable', True, 'Publish segmentation/drivable (255 = drivable).',
+         read_only=False),
+    Spec('outputs.confidence', True, 'Publish segmentation/confidence (max softmax x 255).',
+         read_only=False),
+    Spec('qos.input.reliability', 'best_effort', 'Input QoS reliability (best_effort '
+         'matches both reliable and best-effort publishers).', choices=RELIABILITY),
+    Spec('qos.input.depth', 1, 'Input QoS history depth.', low=1, high=100),
+    Spec('qos.output.reliability', 'reliable', 'Output QoS reliability.', choices=RELIABILITY),
+    Spec('qos.output.depth', 1, 'Output QoS history depth.', low=1, high=100),
+    Spec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages.',
+         low=0.1, high=60.0),
+)
+
+SPECS = {spec.name: spec for spec in PARAMETERS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated node settings."""
+
+    backend: str = 'espnet'
+    weights: str = ''
+    download: bool = True
+    input_size: Optional[Tuple[int, int]] = None
+    upsample: str = 'logits'
+    device: str = 'auto'
+    precision: str = 'fp32'
+    channels_last: bool = False
+    warmup: bool = True
+    classes: str = ''
+    drivable_classes: Tuple[str, ...] = ()
+    overlay_alpha: float = 0.5
+    outputs: Tuple[str, ...] = OUTPUT_NAMES
+    input_reliability: str = 'best_effort'
+    input_depth: int = 1
+    output_reliability: str = 'reliable'
+    output_depth: int = 1
+    diagnostics_period: float = 1.0
+    values: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def check(name, value):
+    """Validate one parameter value against its spec; return it normalised."""
+    spec = SPECS.get(name)
+    if spec is None:
+        raise SettingsError(f'unknown parameter {name!r}')
+    expected = spec.value_type
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is list:
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f'parameter {name}: expected a list, got {value!r}')
+        value = [str(v).strip() for v in value if str(v).strip()]
+    elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise SettingsError(
+            f'parameter {name}: expected {expected.__name__}, got {type(value).__name__} '
+            f'{value!r}')
+    if spec.choices and value not in spec.choices:
+        raise SettingsError(
+            f'parameter {name}: {value!r} is not one of {", ".join(spec.choices)}')
+    if spec.low is not None and not spec.low <= value <= spec.high:
+        raise SettingsError(
+            f'parameter {name}: {value} is outside {spec.low}..{spec.high}')
+    if name == 'device':
+        text = value.strip().lower()
+        ok = text in ('auto', 'cpu', 'cuda') or (
+            text.startswith('cuda:') and text[5:].isdigit())
+        if not ok:
+            raise SettingsError(
+                f"parameter device: {value!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        value = text
+    if name == 'model.backend' and not value.strip():
+        raise SettingsError('parameter model.backend: empty; name a backend')
+    return value
+
+
+def from_values(values):
+    """Build Settings from a {name: value} dict (missing names take their default)."""
+    unknown = sorted(set(values) - set(SPECS))
+    if unknown:
+        raise SettingsError(f'unknown parameters: {", ".join(unknown)}')
+    v = {spec.name: spec.default for spec in PARAMETERS}
+    for name, value in values.items():
+        v[name] = check(name, value)
+    for name in v:
+        v[name] = check(name, v[name])
+    width, height = v['model.input_width'], v['model.input_height']
+    if (width == 0) != (height == 0):
+        raise SettingsError('parameters model.input_width and model.input_height: set both '
+                            f'or neither (got {width} x {height})')
+    return Settings(
+        backend=v['model.backend'].strip(),
+        weights=v['model.weights'].strip(),
+        download=v['model.download'],
+        input_size=(width, height) if width else None,
+        upsample=v['model.upsample'],
+        device=v['device'],
+        precision=v['precision'],
+        channels_last=v['channels_last'],
+        warmup=v['warmup'],
+        classes=v['classes'].strip(),
+        drivable_classes=tuple(v['drivable_classes']),
+        overlay_alpha=v['overlay_alpha'],
+        outputs=tuple(o for o in OUTPUT_NAMES if v[f'outputs.{o}']),
+        input_reliability=v['qos.input.reliability'],
+        input_depth=v['qos.input.depth'],
+        output_reliability=v['qos.output.reliability'],
+        output_depth=v['qos.output.depth'],
+        diagnostics_period=v['diagnostics_period'],
+        values=v,
+    )
+
+
+def flatten(tree, prefix=''):
+    """Flatten nested parameter dicts ({'model': {'backend': x}}) to dotted names."""
+    flat = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_params_file(path, node_name='semseg'):
+    """Read a ROS 2 params YAML and return Settings for node_name (or the '/**' section)."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    merged = {}
+    for key in ('/**', node_name, '/' + node_name):
+        section = data.get(key)
+        if isinstance(section, dict):
+            merged.update(flatten(section.get('ros__parameters', {})))
+    return from_values(merged)

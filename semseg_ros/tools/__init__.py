@@ -1,0 +1,1 @@
+"""Console tools: camera source, demo, evaluation."""

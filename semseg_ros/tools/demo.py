@@ -1,0 +1,166 @@
+"""Demo: camera source -> segmentation node -> overlay PNGs and a rate/latency summary.
+
+Starts the camera source and the node as their own processes (as `ros2 launch` would), listens
+to segmentation/overlay over DDS, writes every overlay it receives to a folder and prints one
+summary line.
+"""
+
+import argparse
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rclpy.qos import ReliabilityPolicy
+from semseg_ros.io.image import image_to_array
+from sensor_msgs.msg import Image
+
+
+def default_params_file():
+    """Return the installed config/semseg.yaml, or the source tree's."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        path = Path(get_package_share_directory('semseg_ros')) / 'config' / 'semseg.yaml'
+        if path.is_file():
+            return str(path)
+    except Exception:  # noqa: B902 - no ament index: fall back to the source tree
+        pass
+    return str(Path(__file__).resolve().parents[2] / 'config' / 'semseg.yaml')
+
+
+class OverlayRecorder(Node):
+    """Subscribe to the overlay output, save each image and record latencies."""
+
+    def __init__(self, topic, folder):
+        super().__init__('semseg_demo_viewer')
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.received = []  # (receive time, stamp) in seconds
+        self.sizes = set()
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(Image, topic, self.on_overlay, qos)
+
+    def on_overlay(self, msg):
+        """Save the overlay as PNG and note its latency from the camera stamp."""
+        now = time.time()
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self.received.append((now, stamp))
+        array, _ = image_to_array(msg)
+        self.sizes.add((msg.width, msg.height))
+        name = f'overlay_{len(self.received):05d}_{msg.header.stamp.sec}.' \
+               f'{msg.header.stamp.nanosec:09d}.png'
+        cv2.imwrite(str(self.folder / name), cv2.cvtColor(array, cv2.COLOR_RGB2BGR))
+
+
+def summary(recorder, published):
+    """Return the one-line summary of a run."""
+    got = recorder.received
+    if not got:
+        return f'semseg demo: 0/{published} frames segmented - nothing came back'
+    latency = np.array([now - stamp for now, stamp in got]) * 1000.0
+    span = got[-1][0] - got[0][0]
+    rate = (len(got) - 1) / span if span > 0 else float('nan')
+    sizes = ', '.join(f'{w}x{h}' for w, h in sorted(recorder.sizes))
+    return (f'semseg demo: {len(got)}/{published} frames segmented ({sizes}), '
+            f'{rate:.1f} Hz, latency p50 {np.percentile(latency, 50):.0f} ms, '
+            f'p95 {np.percentile(latency, 95):.0f} ms; overlays in {recorder.folder}/')
+
+
+def wait_for_publisher(node, topic, process, timeout):
+    """Spin until topic has a publisher; fail early if process exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.count_publishers(topic) > 0:
+            return True
+        if process.poll() is not None:
+            return False
+        rclpy.spin_once(node, timeout_sec=0.2)
+    return False
+
+
+def stop(process):
+    """Interrupt a child process and wait for it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def parse_args(argv):
+    """Parse the demo's command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--source', default='',
+                        help='video file or folder of images (default: a synthetic pattern)')
+    parser.add_argument('--frames', type=int, default=100, help='frames to publish')
+    parser.add_argument('--rate', type=float, default=10.0, help='camera rate (Hz)')
+    parser.add_argument('--output', default='demo_output', help='folder for overlay PNGs')
+    parser.add_argument('--params-file', default=default_params_file(),
+                        help='node parameter file (default: the installed config/semseg.yaml)')
+    parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='extra node parameter, as in --ros-args -p')
+    parser.add_argument('--startup-timeout', type=float, default=120.0,
+                        help='seconds to wait for the node to load its model')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Run the demo and print the summary; return the exit code."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.frames <= 0 or args.rate <= 0:
+        print('semseg demo: --frames and --rate must be positive', file=sys.stderr)
+        return 2
+    node_cmd = [sys.executable, '-m', 'semseg_ros.node', '--ros-args',
+                '--params-file', args.params_file]
+    for param in args.param:
+        node_cmd += ['-p', param]
+    camera_cmd = [sys.executable, '-m', 'semseg_ros.tools.camera_source', '--ros-args',
+                  '-p', f'source:={args.source}', '-p', f'rate:={args.rate}',
+                  '-p', f'count:={args.frames}', '-p', 'exit_when_done:=true',
+                  '-p', 'loop:=true', '-p', 'reliability:=reliable']
+    rclpy.init()
+    viewer = OverlayRecorder('segmentation/overlay', args.output)
+    seg = subprocess.Popen(node_cmd, env=os.environ.copy())
+    camera = None
+    code = 0
+    try:
+        print(f'semseg demo: starting the node ({args.params_file})', flush=True)
+        if not wait_for_publisher(viewer, 'segmentation/overlay', seg, args.startup_timeout):
+            print('semseg demo: the node did not come up (see its log above)', file=sys.stderr)
+            return 1
+        camera = subprocess.Popen(camera_cmd, env=os.environ.copy())
+        print(f'semseg demo: publishing {args.frames} frames at {args.rate:g} Hz from '
+              f'{args.source or "a synthetic pattern"}', flush=True)
+        deadline = time.monotonic() + args.frames / args.rate + 60.0
+        while camera.poll() is None and time.monotonic() < deadline:
+            rclpy.spin_once(viewer, timeout_sec=0.1)
+        if camera.returncode not in (0, None):
+            print(f'semseg demo: the camera source failed ({camera.returncode})',
+                  file=sys.stderr)
+            code = 1
+        grace = time.monotonic() + 3.0
+        while time.monotonic() < grace:
+            rclpy.spin_once(viewer, timeout_sec=0.1)
+        print(summary(viewer, args.frames), flush=True)
+        if not viewer.received:
+            code = 1
+    finally:
+        if camera is not None:
+            stop(camera)
+        stop(seg)
+        viewer.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

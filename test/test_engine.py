@@ -1,0 +1,198 @@
+"""The Segmenter on tiny models whose answers are known: encodings, sizes, outputs, batching."""
+
+import numpy as np
+import pytest
+from semseg_ros.core import classes
+from semseg_ros.core.engine import EngineError
+from semseg_ros.core.engine import Frame
+from semseg_ros.core.engine import Segmenter
+from semseg_ros.core.engine import select_device
+from semseg_ros.core.models.base import ModuleModel
+from semseg_ros.core.models.base import Preprocess
+import torch
+
+
+class Channels(torch.nn.Module):
+    """Logits = the input channels: a pure red pixel is class 0, green 1, blue 2."""
+
+    def forward(self, x):
+        return x
+
+
+class Pooled(torch.nn.Module):
+    """Logits at a quarter of the input resolution (like most real networks)."""
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4)
+
+
+def stripes(h=24, w=36):
+    """RGB image with a red, a green and a blue vertical band."""
+    img = np.zeros((h, w, 3), np.uint8)
+    third = w // 3
+    img[:, :third, 0] = 255
+    img[:, third:2 * third, 1] = 255
+    img[:, 2 * third:, 2] = 255
+    return img
+
+
+def expected_labels(h=24, w=36):
+    labels = np.zeros((h, w), np.uint8)
+    labels[:, w // 3:2 * (w // 3)] = 1
+    labels[:, 2 * (w // 3):] = 2
+    return labels
+
+
+def make(module=None, order='rgb', input_size=None, divisor=1, count=3, **kwargs):
+    spec = Preprocess(channel_order=order, input_size=input_size, size_divisor=divisor)
+    model = ModuleModel(module or Channels(), count, spec, name='tiny')
+    cls = classes.generic(count).with_drivable([1])
+    return Segmenter(model, cls, device='cpu', **kwargs)
+
+
+@pytest.mark.parametrize('color', ['rgb', 'bgr', 'rgba', 'bgra'])
+def test_channel_orders(color):
+    img = stripes()
+    if color.startswith('bgr'):
+        img = img[:, :, ::-1]
+    if color.endswith('a'):
+        img = np.dstack([img, np.full(img.shape[:2], 7, np.uint8)])
+    out = make().process([Frame(np.ascontiguousarray(img), color)], ('label',))[0]
+    assert np.array_equal(out['label'], expected_labels())
+
+
+def test_bgr_model_sees_bgr():
+    # A BGR model's channel 0 is blue: the blue band becomes class 0.
+    out = make(order='bgr').process([Frame(stripes(), 'rgb')], ('label',))[0]
+    assert (out['label'][:, -1] == 0).all() and (out['label'][:, 0] == 2).all()
+
+
+def test_mono8_and_mono16():
+    seg = make()
+    gray = np.full((8, 10), 200, np.uint8)
+    assert seg.process([Frame(gray, 'mono')], ('label',))[0]['label'].shape == (8, 10)
+    gray16 = np.full((8, 10, 1), 65535, np.uint16)
+    out = seg.process([Frame(gray16, 'mono')], ('overlay',))[0]
+    assert out['overlay'].dtype == np.uint8 and out['overlay'].shape == (8, 10, 3)
+
+
+def test_padded_rows_view_is_read_correctly():
+    # A strided view, as the ROS converter returns for images whose step has padding.
+    buffer = np.zeros((24, 40, 3), np.uint8)
+    buffer[:, :36] = stripes()
+    view = buffer[:, :36]
+    out = make().process([Frame(view, 'rgb')], ('label',))[0]
+    assert np.array_equal(out['label'], expected_labels())
+
+
+@pytest.mark.parametrize('upsample', ['logits', 'labels'])
+def test_outputs_at_input_resolution(upsample):
+    seg = make(Pooled(), upsample=upsample)
+    out = seg.process([Frame(stripes(48, 72), 'rgb')])[0]
+    assert out['label'].shape == (48, 72)
+    assert out['confidence'].shape == (48, 72)
+    assert out['color'].shape == (48, 72, 3)
+    agree = (out['label'] == expected_labels(48, 72)).mean()
+    assert agree > 0.9
+
+
+def test_fixed_model_size_resizes_back():
+    seg = make(input_size=(18, 12))
+    out = seg.process([Frame(stripes(), 'rgb')], ('label',))[0]
+    assert out['label'].shape == (24, 36)
+    assert (out['label'] == expected_labels()).mean() > 0.9
+
+
+def test_size_divisor_pads_and_crops():
+    seg = make(divisor=16)
+    out = seg.process([Frame(stripes(), 'rgb')], ('label',))[0]
+    assert np.array_equal(out['label'], expected_labels())
+
+
+def test_batch_of_different_sizes_keeps_order():
+    seg = make()
+    frames = [Frame(stripes(24, 36), 'rgb'), Frame(stripes(12, 18), 'rgb'),
+              Frame(stripes(24, 36)[:, :, ::-1].copy(), 'bgr')]
+    out = seg.process(frames, ('label',))
+    assert [o['label'].shape for o in out] == [(24, 36), (12, 18), (24, 36)]
+    assert np.array_equal(out[1]['label'], expected_labels(12, 18))
+    assert np.array_equal(out[2]['label'], expected_labels())
+
+
+def test_color_drivable_overlay_confidence_values():
+    seg = make(overlay_alpha=1.0)
+    out = seg.process([Frame(stripes(), 'rgb')])[0]
+    lut = seg.classes.colors
+    assert np.array_equal(out['color'], lut[expected_labels()])
+    assert np.array_equal(out['overlay'], out['color'])
+    assert set(np.unique(out['drivable'])) == {0, 255}
+    assert np.array_equal(out['drivable'] == 255, expected_labels() == 1)
+    # softmax of one-hot 1.0 logits over 3 classes: e / (e + 2) = 0.576
+    assert np.all(np.abs(out['confidence'].astype(int) - 147) <= 1)
+    seg.set_overlay_alpha(0.0)
+    assert np.array_equal(seg.process([Frame(stripes(), 'rgb')], ('overlay',))[0]['overlay'],
+                          stripes())
+
+
+def test_only_asked_outputs_come_back():
+    out = make().process([Frame(stripes(), 'rgb')], ('drivable',))[0]
+    assert set(out) == {'drivable'}
+    with pytest.raises(EngineError, match='unknown outputs'):
+        make().process([Frame(stripes(), 'rgb')], ('depth',))
+
+
+def test_more_than_256_classes_give_uint16_labels():
+    module = torch.nn.Conv2d(3, 300, 1)
+    with torch.no_grad():
+        module.weight.zero_()
+        module.bias.zero_()
+        module.bias[299] = 1.0
+    out = make(module, count=300).process([Frame(stripes(), 'rgb')], ('label',))[0]
+    assert out['label'].dtype == np.uint16 and (out['label'] == 299).all()
+
+
+def test_class_count_mismatch_is_refused():
+    model = ModuleModel(Channels(), 3, Preprocess(), name='tiny')
+    with pytest.raises(ValueError, match='has 12 classes but tiny outputs 3'):
+        Segmenter(model, classes.load('camvid'), device='cpu')
+
+
+def test_model_returning_wrong_shape_is_reported():
+    seg = make(count=3, warmup=False)
+    seg.model.module = torch.nn.Conv2d(3, 5, 1)
+    with pytest.raises(EngineError, match=r'expected \(N, 3, h, w\)'):
+        seg.process([Frame(stripes(), 'rgb')], ('label',))
+
+
+@pytest.mark.parametrize('bad,message', [
+    (np.zeros((0, 4, 3), np.uint8), 'not be empty|not empty'),
+    (np.zeros((4, 4, 2), np.uint8), r'\(H, W, 1\|3\|4\)'),
+    (np.zeros((4, 4, 3), np.float32), 'dtype must be uint8 or uint16'),
+])
+def test_bad_frames(bad, message):
+    with pytest.raises(EngineError, match=message):
+        make().process([Frame(bad, 'rgb')], ('label',))
+
+
+def test_precision_and_channels_last_agree_with_fp32():
+    img = Frame(stripes(), 'rgb')
+    reference = make().process([img], ('label',))[0]['label']
+    for kwargs in ({'precision': 'bf16'}, {'channels_last': True}):
+        assert np.array_equal(make(**kwargs).process([img], ('label',))[0]['label'], reference)
+
+
+def test_device_selection():
+    assert select_device('cpu').type == 'cpu'
+    assert select_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
+    with pytest.raises(EngineError, match='invalid device'):
+        select_device('tpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="CUDA is not available.*'auto'"):
+            select_device('cuda:0')
+
+
+def test_stage_timings_are_reported():
+    seg = make()
+    seg.process([Frame(stripes(), 'rgb')])
+    assert set(seg.timings) == {'preprocess', 'inference', 'postprocess'}
+    assert all(v >= 0 for v in seg.timings.values())
