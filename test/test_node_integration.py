@@ -1,0 +1,269 @@
+"""The node in its own process over real DDS, started with the real params file.
+
+A tiny TorchScript model with a known answer (logits = RGB channels: red pixels are class 0,
+green 1, blue 2) makes every output checkable to the pixel; with the shared assets, the real
+ESPNet weights are checked against the offline engine on a labelled CamVid image.
+"""
+
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+from rclpy.qos import QoSProfile
+from rclpy.qos import ReliabilityPolicy
+from semseg_ros.core.models import torchscript
+from semseg_ros.core.models.base import Preprocess
+from semseg_ros.io.image import array_to_image
+from semseg_ros.io.image import image_to_array
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / 'config' / 'semseg.yaml'
+OUTPUTS = ('label', 'color', 'overlay', 'drivable', 'confidence')
+ENCODINGS = {'label': 'mono8', 'color': 'rgb8', 'overlay': 'rgb8', 'drivable': 'mono8',
+             'confidence': 'mono8'}
+COLORS = [[200, 0, 0], [0, 200, 0], [0, 0, 200]]
+TIMEOUT = 60.0
+
+
+class Channels(torch.nn.Module):
+    """Logits = input channels."""
+
+    def forward(self, x):
+        return x
+
+
+def stripes(h, w):
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :w // 3, 0] = 255
+    img[:, w // 3:2 * (w // 3), 1] = 255
+    img[:, 2 * (w // 3):, 2] = 255
+    return img
+
+
+def expected_labels(h, w):
+    labels = np.zeros((h, w), np.uint8)
+    labels[:, w // 3:2 * (w // 3)] = 1
+    labels[:, 2 * (w // 3):] = 2
+    return labels
+
+
+class Harness:
+    """A test-side ROS node: publishes images, collects every output by stamp."""
+
+    def __init__(self, domain_id, namespace=''):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node('semseg_test_harness', context=self.context,
+                                      namespace=namespace)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.received = {}
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub = self.node.create_publisher(Image, 'image', qos)
+        for name in OUTPUTS:
+            self.node.create_subscription(
+                Image, f'segmentation/{name}',
+                lambda msg, name=name: self.received.setdefault(stamp_key(msg), {})
+                .__setitem__(name, msg), qos)
+
+    def spin(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def send(self, array, encoding, frame_id='cam', stamp=None):
+        header = Header(frame_id=frame_id)
+        header.stamp = stamp or self.node.get_clock().now().to_msg()
+        self.pub.publish(array_to_image(array, encoding, header))
+        return header
+
+    def wait_outputs(self, header, names=OUTPUTS, timeout=TIMEOUT):
+        key = (header.stamp.sec, header.stamp.nanosec)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = self.received.get(key, {})
+            if all(n in got for n in names):
+                return got
+            self.executor.spin_once(timeout_sec=0.05)
+        raise AssertionError(f'outputs {names} for stamp {key} did not arrive in {timeout} s; '
+                             f'got {sorted(self.received.get(key, {}))}')
+
+    def wait_ready(self, process, timeout=TIMEOUT):
+        """Send a small frame until the first output comes back (discovery can drop frames)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert process.poll() is None, 'the node exited early'
+            header = self.send(stripes(6, 9), 'rgb8')
+            self.spin(0.5)
+            if self.received:
+                return header
+        raise AssertionError('the node never answered')
+
+    def close(self):
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def stamp_key(msg):
+    return (msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+
+def start_node(domain_id, *params, namespace=None):
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
+    cmd = [sys.executable, '-m', 'semseg_ros.node', '--ros-args', '--params-file', str(PARAMS)]
+    for param in params:
+        cmd += ['-p', param]
+    if namespace:
+        cmd += ['-r', f'__ns:={namespace}']
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def stop_node(process):
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.stdout.read()
+
+
+@pytest.fixture(scope='module')
+def tiny_node(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('tiny')
+    model = folder / 'channels.pt'
+    torchscript.save(Channels(), str(model), 3, Preprocess(scale=1.0 / 255.0))
+    class_file = folder / 'rgb.yaml'
+    class_file.write_text(yaml.safe_dump({'name': 'rgb', 'classes': [
+        {'id': i, 'name': n, 'color': COLORS[i], **({'drivable': True} if i == 1 else {})}
+        for i, n in enumerate(('red', 'green', 'blue'))]}))
+    domain = 21
+    process = start_node(domain, 'model.backend:=torchscript', f'model.weights:={model}',
+                         f'classes:={class_file}', 'overlay_alpha:=1.0')
+    harness = Harness(domain)
+    try:
+        harness.wait_ready(process)
+        yield harness, process
+    finally:
+        harness.close()
+        log = stop_node(process)
+        print(log)
+
+
+@pytest.mark.parametrize('encoding,height,width', [
+    ('rgb8', 48, 72), ('bgr8', 23, 37), ('rgb8', 360, 480)])
+def test_every_output_at_input_resolution_with_input_header(tiny_node, encoding, height, width):
+    harness, _ = tiny_node
+    img = stripes(height, width)
+    sent = img[:, :, ::-1].copy() if encoding == 'bgr8' else img
+    header = harness.send(sent, encoding, frame_id=f'camera_{encoding}')
+    got = harness.wait_outputs(header)
+    want = expected_labels(height, width)
+    for name, msg in got.items():
+        assert msg.header.stamp == header.stamp, name
+        assert msg.header.frame_id == header.frame_id, name
+        assert (msg.width, msg.height) == (width, height), name
+        assert msg.encoding == ENCODINGS[name], name
+    label, _ = image_to_array(got['label'])
+    assert np.array_equal(label.reshape(height, width), want)
+    drivable, _ = image_to_array(got['drivable'])
+    assert np.array_equal(drivable.reshape(height, width), np.where(want == 1, 255, 0))
+    color, _ = image_to_array(got['color'])
+    assert np.array_equal(color, np.array(COLORS, np.uint8)[want])
+    overlay, _ = image_to_array(got['overlay'])
+    assert np.array_equal(overlay, color)  # overlay_alpha 1.0 from the command line
+    confidence, _ = image_to_array(got['confidence'])
+    assert abs(int(np.median(confidence)) - 147) <= 1  # softmax(1, 0, 0) = 0.576
+
+
+def test_mono8_input(tiny_node):
+    harness, _ = tiny_node
+    header = harness.send(np.full((20, 30), 90, np.uint8), 'mono8')
+    got = harness.wait_outputs(header, ('label',))
+    assert (got['label'].width, got['label'].height) == (30, 20)
+
+
+def test_bad_frame_is_reported_and_the_next_one_processed(tiny_node):
+    harness, process = tiny_node
+    bad = Image(height=10, width=10, encoding='rgb8', step=30, data=bytes(50))
+    bad.header.stamp = harness.node.get_clock().now().to_msg()
+    harness.pub.publish(bad)
+    harness.spin(0.3)
+    header = harness.send(stripes(12, 18), 'rgb8')
+    got = harness.wait_outputs(header, ('label',))
+    assert got['label'].header.stamp == header.stamp
+    assert process.poll() is None
+    assert stamp_key(bad) not in harness.received
+
+
+def test_missing_class_set_is_reported_and_the_node_stays_up(tmp_path):
+    """A class-set file that does not exist: one clear error, the node keeps running."""
+    model = tmp_path / 'channels.pt'
+    torchscript.save(Channels(), str(model), 3, Preprocess(scale=1.0 / 255.0))
+    domain = 22
+    process = start_node(domain, 'model.backend:=torchscript', f'model.weights:={model}',
+                         f'classes:={tmp_path / "missing.yaml"}')
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    try:
+        node = rclpy.create_node('probe', context=context)
+        pub = node.create_publisher(Image, 'image', 10)
+        executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        # The class-set file is missing: the node stays up and says why it drops frames.
+        end = time.monotonic() + TIMEOUT
+        while time.monotonic() < end and node.count_subscribers('image') == 0:
+            executor.spin_once(timeout_sec=0.1)
+        assert node.count_subscribers('image') == 1
+        pub.publish(array_to_image(stripes(6, 9), 'rgb8'))
+        executor.spin_once(timeout_sec=1.0)
+        assert process.poll() is None
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+        log = stop_node(process)
+    assert 'missing.yaml does not exist' in log
+
+
+def test_real_espnet_matches_the_offline_engine(espnet_weights, camvid_val):
+    from semseg_ros.core import classes
+    from semseg_ros.core.engine import Frame
+    from semseg_ros.core.engine import Segmenter
+    from semseg_ros.core.models import create_model
+
+    image_path = sorted((camvid_val / 'images').glob('*.png'))[0]
+    rgb = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
+    truth = cv2.imread(str(camvid_val / 'labels' / image_path.name), cv2.IMREAD_UNCHANGED)
+    domain = 23
+    process = start_node(domain, f'model.weights:={espnet_weights}')
+    harness = Harness(domain)
+    try:
+        harness.wait_ready(process, timeout=120)
+        header = harness.send(rgb, 'rgb8', frame_id='camvid')
+        got = harness.wait_outputs(header, ('label', 'drivable'))
+    finally:
+        harness.close()
+        log = stop_node(process)
+    label, _ = image_to_array(got['label'])
+    label = label.reshape(rgb.shape[:2])
+    model = create_model('espnet', weights=str(espnet_weights))
+    offline = Segmenter(model, classes.load('camvid'), device='cpu').labels(
+        [Frame(rgb, 'rgb')])[0]
+    assert np.array_equal(label, offline), log
+    valid = truth != 11
+    assert (label[valid] == truth[valid]).mean() > 0.85
+    road = truth == 3
+    drivable, _ = image_to_array(got['drivable'])
+    assert (drivable.reshape(rgb.shape[:2])[road] == 255).mean() > 0.9
