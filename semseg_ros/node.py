@@ -75,6 +75,7 @@ class CameraStats:
         self.received = 0
         self.processed = 0
         self.dropped = 0
+        self.skipped = 0  # no subscriber for any enabled output
         self.errors = 0
         self.last_error = ''
         self.latency = []  # stamp to publish, seconds
@@ -246,7 +247,8 @@ class SegmentationNode(Node):
         for camera, msg in batch:
             wanted = camera.wanted(enabled)
             if not wanted:
-                continue  # nobody listens: no work
+                camera.stats.skipped += 1  # nobody listens: no work
+                continue
             try:
                 array, color = image_to_array(msg)
             except ImageError as exc:
@@ -311,6 +313,7 @@ class SegmentationNode(Node):
             'frames received': str(stats.received),
             'frames processed': str(stats.processed),
             'frames dropped': str(stats.dropped),
+            'frames skipped (no subscriber)': str(stats.skipped),
             'errors': str(stats.errors),
             'device': str(seg.device) if seg else 'none',
             'model': self.settings.backend,

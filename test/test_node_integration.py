@@ -13,6 +13,7 @@ import sys
 import time
 
 import cv2
+from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
 import rclpy
@@ -61,7 +62,7 @@ def expected_labels(h, w):
 class Harness:
     """A test-side ROS node: publishes images, collects every output by stamp."""
 
-    def __init__(self, domain_id, namespace=''):
+    def __init__(self, domain_id, namespace='', outputs=OUTPUTS):
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node('semseg_test_harness', context=self.context,
@@ -71,7 +72,10 @@ class Harness:
         self.received = {}
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = self.node.create_publisher(Image, 'image', qos)
-        for name in OUTPUTS:
+        self.diagnostics = []
+        self.node.create_subscription(DiagnosticArray, '/diagnostics',
+                                      self.diagnostics.append, 10)
+        for name in outputs:
             self.node.create_subscription(
                 Image, f'segmentation/{name}',
                 lambda msg, name=name: self.received.setdefault(stamp_key(msg), {})
@@ -160,6 +164,19 @@ def tiny_node(tmp_path_factory):
         harness.close()
         log = stop_node(process)
         print(log)
+
+
+def diagnostics_values(harness, key, timeout=TIMEOUT):
+    """Spin until a /diagnostics message has `key`; return its status values as a dict."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for array in reversed(harness.diagnostics):
+            for status in array.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if key in values:
+                    return values
+        harness.spin(0.2)
+    raise AssertionError(f'no /diagnostics with {key!r}')
 
 
 @pytest.mark.parametrize('encoding,height,width', [
@@ -267,3 +284,29 @@ def test_real_espnet_matches_the_offline_engine(espnet_weights, camvid_val):
     road = truth == 3
     drivable, _ = image_to_array(got['drivable'])
     assert (drivable.reshape(rgb.shape[:2])[road] == 255).mean() > 0.9
+
+
+def test_no_subscriber_means_no_work(tmp_path):
+    model = tmp_path / 'channels.pt'
+    torchscript.save(Channels(), str(model), 3, Preprocess(scale=1.0 / 255.0))
+    domain = 24
+    process = start_node(domain, 'model.backend:=torchscript', f'model.weights:={model}',
+                         'diagnostics_period:=0.5')
+    harness = Harness(domain, outputs=())
+    try:
+        end = time.monotonic() + TIMEOUT
+        while time.monotonic() < end and harness.node.count_subscribers('image') == 0:
+            harness.spin(0.1)
+        for _ in range(20):
+            harness.send(stripes(12, 18), 'rgb8')
+            harness.spin(0.1)
+        harness.spin(1.5)
+        harness.diagnostics.clear()
+        values = diagnostics_values(harness, 'frames skipped (no subscriber)')
+    finally:
+        harness.close()
+        log = stop_node(process)
+    assert int(values['frames received']) > 0, log
+    assert values['frames processed'] == '0'
+    assert int(values['frames skipped (no subscriber)']) > 0
+    assert values['device'] == 'cpu' and values['model'] == 'torchscript'
