@@ -37,3 +37,9 @@ def espnet_weights():
 def camvid_val():
     """Folder of the 101 labelled CamVid validation images."""
     return assets_or_skip('camvid_val')
+
+
+@pytest.fixture
+def espnetv2_weights():
+    """Path of the published ESPNetv2 Cityscapes weights in the shared assets."""
+    return assets_or_skip('models', 'espnetv2_s_2.0_city_1024x512.pth')

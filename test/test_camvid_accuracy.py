@@ -38,3 +38,29 @@ def test_espnet_camvid_miou(espnet_weights, camvid_val):
           f'mIoU {matrix.mean_iou():.4f}, road IoU {iou[3]:.4f}')
     assert abs(matrix.mean_iou() - REFERENCE_MIOU) <= 0.01
     assert iou[camvid.index('Road')] >= 0.95
+
+
+# Cityscapes train id -> CamVid id (MANIFEST); terrain, train and background count as wrong.
+CITYSCAPES_TO_CAMVID = np.array(
+    [3, 4, 1, 1, 7, 2, 6, 6, 5, 11, 0, 9, 10, 8, 8, 8, 11, 10, 10, 11], np.int64)
+REFERENCE_ACCURACY_V2 = 0.9036
+
+
+def test_espnetv2_cityscapes_on_camvid(espnetv2_weights, camvid_val):
+    city = classes.load('cityscapes')
+    model = create_model('espnetv2', weights=str(espnetv2_weights), download=False)
+    # The reference protocol: argmax at 1024x512, labels resized back with nearest.
+    seg = Segmenter(model, city, device='cpu', upsample='labels')
+    matrix = ConfusionMatrix(11, ignore_index=11)
+    pairs = list(read_split(camvid_val))
+    for start in range(0, len(pairs), BATCH):
+        chunk = pairs[start:start + BATCH]
+        outputs = seg.process([Frame(rgb, 'rgb') for rgb, _ in chunk], ('label',))
+        for (_, truth), out in zip(chunk, outputs):
+            mapped = CITYSCAPES_TO_CAMVID[out['label'].astype(np.int64)]
+            matrix.update(mapped, truth.astype(np.int64))
+    iou = matrix.iou()
+    print(f'ESPNetv2 Cityscapes on CamVid val: pixel accuracy {matrix.pixel_accuracy():.4f}, '
+          f'mIoU {matrix.mean_iou():.4f}, road IoU {iou[3]:.4f}')
+    assert abs(matrix.pixel_accuracy() - REFERENCE_ACCURACY_V2) <= 0.01
+    assert iou[3] >= 0.95
