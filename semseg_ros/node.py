@@ -1,4 +1,5 @@
-"""The segmentation node: parameters -> Settings -> Segmenter; topics; one worker thread.
+"""
+The segmentation node: parameters -> Settings -> Segmenter; topics; one worker thread.
 
 Subscription callbacks only store the newest message per camera (a stale one is replaced and
 counted as dropped); a worker thread takes the newest frames of all cameras, runs them through

@@ -1,4 +1,5 @@
-"""Class sets: ids, names, colors, drivable classes and the void id, loaded from YAML.
+"""
+Class sets: ids, names, colors, drivable classes and the void id, loaded from YAML.
 
 A class-set file looks like::
 

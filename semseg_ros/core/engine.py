@@ -1,4 +1,5 @@
-"""The Segmenter: preprocess -> infer -> postprocess, batched and device resident.
+"""
+The Segmenter: preprocess -> infer -> postprocess, batched and device resident.
 
 A frame goes up to the device once (zero-copy on the CPU, a pinned staging buffer and a
 non-blocking copy on CUDA); encoding conversion, resize, normalisation, inference, upsampling,
@@ -92,7 +93,8 @@ class Segmenter:
     def __init__(self, model, classes, device='auto', precision='fp32', input_size=None,
                  upsample='logits', channels_last=False, overlay_alpha=0.5, warmup=True,
                  pinned_memory=True):
-        """Put the model on the device, check it against the class set and warm it up.
+        """
+        Put the model on the device, check it against the class set and warm it up.
 
         input_size (width, height) overrides the model's own; None keeps it, and a model
         without one runs at each frame's size (padded to its size divisor).
@@ -282,7 +284,8 @@ class Segmenter:
         return rgb[:, :, order]
 
     def process(self, frames, outputs=OUTPUTS):
-        """Segment frames; return one dict per frame of numpy arrays for the outputs asked for.
+        """
+        Segment frames; return one dict per frame of numpy arrays for the outputs asked for.
 
         label: (H, W) uint8 (uint16 past 256 classes); color and overlay: (H, W, 3) uint8 RGB;
         drivable: (H, W) uint8 0/255; confidence: (H, W) uint8 max softmax x 255.

@@ -1,4 +1,5 @@
-"""Rendering of label maps as tensor operations: color, overlay, drivable mask, confidence.
+"""
+Rendering of label maps as tensor operations: color, overlay, drivable mask, confidence.
 
 Every function takes and returns tensors on one device, so the CPU and CUDA paths are the
 same code.

@@ -1,4 +1,5 @@
-"""Node parameters as data: one table of specs, read once into a validated Settings object.
+"""
+Node parameters as data: one table of specs, read once into a validated Settings object.
 
 The node declares every parameter from PARAMETERS (description, type, range or choices,
 read-only flag) and builds Settings from the values; tests and tools build Settings from a

@@ -1,4 +1,5 @@
-"""Demo: camera source -> segmentation node -> overlay PNGs and a rate/latency summary.
+"""
+Demo: camera source -> segmentation node -> overlay PNGs and a rate/latency summary.
 
 Starts the camera source and the node as their own processes (as `ros2 launch` would), listens
 to segmentation/overlay over DDS, writes every overlay it receives to a folder and prints one

@@ -1,4 +1,5 @@
-"""Make a pip install of semseg_ros look like a colcon install to `ros2 launch`.
+"""
+Make a pip install of semseg_ros look like a colcon install to `ros2 launch`.
 
 `launch_ros` looks for executables in `<prefix>/lib/semseg_ros/`, where colcon puts them
 (setup.cfg). A plain `pip install` only writes `<prefix>/bin/`; this links each console script

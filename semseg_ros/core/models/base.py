@@ -8,7 +8,8 @@ import torch
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a model wants its input.
+    """
+    How a model wants its input.
 
     The engine computes, per channel and on the device,
     ``y = (x - mean) / std * scale`` with ``x`` the pixel in 0..255 after reordering the
@@ -39,7 +40,8 @@ class Preprocess:
 
 
 class SegmentationModel(torch.nn.Module):
-    """A semantic segmentation model: float NCHW batch in, NCHW logits out.
+    """
+    A semantic segmentation model: float NCHW batch in, NCHW logits out.
 
     Subclasses set ``num_classes`` (number of output channels), ``preprocess`` and
     ``class_set`` (name of the class set in config/classes that matches the outputs), and

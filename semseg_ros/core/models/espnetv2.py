@@ -1,4 +1,5 @@
-"""ESPNetv2 semantic segmentation (Mehta et al., CVPR 2019), width scale s = 2.0.
+"""
+ESPNetv2 semantic segmentation (Mehta et al., CVPR 2019), width scale s = 2.0.
 
 Our own implementation of the network described in the paper. The module names and shapes
 follow the published Cityscapes state_dict (``espnetv2_s_2.0_city_1024x512.pth``) so that it
@@ -127,7 +128,8 @@ class ChannelShuffle(nn.Module):
 
 
 class EESP(nn.Module):
-    """Extremely Efficient Spatial Pyramid unit.
+    """
+    Extremely Efficient Spatial Pyramid unit.
 
     Grouped 1x1 reduction, ``branches`` depth-wise 3x3 convs with growing dilation whose
     outputs are summed hierarchically (each branch adds the previous one), concatenation,
@@ -169,7 +171,8 @@ class EESP(nn.Module):
 
 
 class DownSampler(nn.Module):
-    """Stride-2 unit: [avg pool, strided EESP] concatenated, plus input reinforcement.
+    """
+    Stride-2 unit: [avg pool, strided EESP] concatenated, plus input reinforcement.
 
     The image is average-pooled (3x3, stride 2) down to the output size and mapped by a
     3x3 CBR and a 1x1 CB to the output channels, then added before the final PReLU.
@@ -222,7 +225,8 @@ class Encoder(nn.Module):
 
 
 class PyramidPool(nn.Module):
-    """Efficient pyramid pooling: one depth-wise 3x3 conv per scale of a projected input.
+    """
+    Efficient pyramid pooling: one depth-wise 3x3 conv per scale of a projected input.
 
     Scales above 1 upsample (bilinear), convolve and average-pool back; scales below 1
     average-pool, convolve and upsample back. The branches are batch-normalised together,
@@ -288,7 +292,8 @@ def _resize(x, size):
 
 
 class ESPNetv2(SegmentationModel):
-    """ESPNetv2 segmentation network, s = 2.0, trained on Cityscapes at 1024x512.
+    """
+    ESPNetv2 segmentation network, s = 2.0, trained on Cityscapes at 1024x512.
 
     ``forward`` takes a normalised RGB batch (see ``PREPROCESS``) whose height and width should
     be multiples of 16 (other sizes run, but the decoder's skip features are then slightly
@@ -349,7 +354,8 @@ def load_weights(model, state, source='state_dict'):
 
 
 def build(options):
-    """Build ESPNetv2 with its Cityscapes weights, in eval mode.
+    """
+    Build ESPNetv2 with its Cityscapes weights, in eval mode.
 
     Options: ``weights`` (explicit file, '' = the published file), ``cache`` (cache
     directory, '' or None = default) and ``download`` (allow fetching the published file).

@@ -1,4 +1,5 @@
-"""TorchScript backend: any model saved with ``torch.jit.save``.
+"""
+TorchScript backend: any model saved with ``torch.jit.save``.
 
 A TorchScript archive carries no class or preprocessing metadata of its own; ``save`` below
 stores ours as the extra file ``semseg_ros.yaml`` inside the archive (num_classes, class_set,
