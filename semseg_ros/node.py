@@ -1,10 +1,20 @@
 """
 The segmentation node: parameters -> Settings -> Segmenter; topics; one worker thread.
 
+A managed (lifecycle) node. With `autostart` (the default) it configures and activates itself
+at start-up; with `autostart: false` it waits for a lifecycle manager:
+
+- configure: read and validate the parameters, load the model and class set, create the
+  publishers. Any error leaves the node unconfigured with the reason in the log and in
+  diagnostics; fix the parameter and configure again.
+- activate: subscribe to the cameras and start the worker.
+- deactivate: unsubscribe, stop the worker, free cached GPU memory.
+- cleanup: drop the model and the publishers.
+
 Subscription callbacks only store the newest message per camera (a stale one is replaced and
-counted as dropped); a worker thread takes the newest frames of all cameras, runs them through
-the engine in one batch and publishes the outputs that someone subscribes to, each with the
-input header unchanged.
+counted as dropped); the worker takes the newest frames of all cameras, runs them through the
+engine in one batch and publishes the outputs that someone subscribes to, each with the input
+header unchanged.
 """
 
 import sys
@@ -20,19 +30,22 @@ from rcl_interfaces.msg import IntegerRange
 from rcl_interfaces.msg import ParameterDescriptor
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
-from semseg_ros.core import classes as class_sets
+from semseg_ros.core import pipeline
 from semseg_ros.core import settings as cfg
 from semseg_ros.core.engine import Frame
-from semseg_ros.core.engine import Segmenter
-from semseg_ros.core.models import create_model
 from semseg_ros.io.image import array_to_image
+from semseg_ros.io.image import compressed_to_array
 from semseg_ros.io.image import image_to_array
 from semseg_ros.io.image import ImageError
+from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
 OUTPUT_TOPICS = {
     'label': 'segmentation/label',
@@ -41,17 +54,27 @@ OUTPUT_TOPICS = {
     'drivable': 'segmentation/drivable',
     'confidence': 'segmentation/confidence',
 }
+LABEL_INFO_TOPIC = 'segmentation/label_info'
 OUTPUT_ENCODINGS = {'color': 'rgb8', 'overlay': 'rgb8', 'drivable': 'mono8',
                     'confidence': 'mono8'}
 LATENCY_WINDOW = 200
+# Consecutive failed frames after which diagnostics report ERROR instead of WARN.
+ERROR_STREAK = 5
+CHANGE_NOTES = {
+    'configure': 'Takes effect on the next configure (or a restart).',
+    'restart': 'Read-only: needs a restart.',
+    'runtime': 'Can change at run time.',
+}
 
 
-def qos_profile(reliability, depth):
+def qos_profile(reliability, depth, latched=False):
     """Return a keep-last QoS profile with the given reliability name and depth."""
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST, depth=depth,
         reliability=(ReliabilityPolicy.RELIABLE if reliability == 'reliable'
-                     else ReliabilityPolicy.BEST_EFFORT))
+                     else ReliabilityPolicy.BEST_EFFORT),
+        durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
+                    else DurabilityPolicy.VOLATILE))
 
 
 def descriptor(spec):
@@ -59,7 +82,8 @@ def descriptor(spec):
     text = spec.description
     if spec.choices:
         text += ' One of: ' + ', '.join(spec.choices) + '.'
-    desc = ParameterDescriptor(description=text, read_only=spec.read_only)
+    desc = ParameterDescriptor(description=text, read_only=spec.read_only,
+                               additional_constraints=CHANGE_NOTES[spec.change])
     if spec.low is not None and spec.value_type is int:
         desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
                                            step=1)]
@@ -67,6 +91,21 @@ def descriptor(spec):
         desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
                                                         to_value=float(spec.high), step=0.0)]
     return desc
+
+
+def label_info_message(classes, header):
+    """Return a vision_msgs/LabelInfo for the class set, or None without vision_msgs."""
+    try:
+        from vision_msgs.msg import LabelInfo
+        from vision_msgs.msg import VisionClass
+    except ImportError:
+        return None
+    msg = LabelInfo()
+    msg.header = header
+    msg.class_map = [VisionClass(class_id=i, class_name=name)
+                     for i, name in enumerate(classes.names)]
+    msg.threshold = 0.0
+    return msg
 
 
 class CameraStats:
@@ -78,7 +117,9 @@ class CameraStats:
         self.dropped = 0
         self.skipped = 0  # no subscriber for any enabled output
         self.errors = 0
+        self.error_streak = 0
         self.last_error = ''
+        self.last_input = None  # monotonic time of the last frame
         self.latency = []  # stamp to publish, seconds
         self.window_start = time.monotonic()
         self.window_in = 0
@@ -92,21 +133,36 @@ class CameraStats:
 
 
 class Camera:
-    """One input: its subscription, its publishers and the newest unprocessed frame."""
+    """One input: its publishers, its subscription and the newest unprocessed frame."""
 
     def __init__(self, node, namespace, settings):
         self.node = node
         self.name = namespace or '/'
-        prefix = f'{namespace}/' if namespace else ''
+        self.prefix = f'{namespace}/' if namespace else ''
         self.pending = None
+        self.subscription = None
         self.stats = CameraStats()
         out_qos = qos_profile(settings.output_reliability, settings.output_depth)
         self.publishers = {
-            name: node.create_publisher(Image, prefix + topic, out_qos)
+            name: node.create_lifecycle_publisher(Image, self.prefix + topic, out_qos)
             for name, topic in OUTPUT_TOPICS.items()}
-        self.subscription = node.create_subscription(
-            Image, prefix + 'image', self.on_image,
-            qos_profile(settings.input_reliability, settings.input_depth))
+        self.label_info = None
+
+    def subscribe(self, settings):
+        """Create the input subscription (raw or compressed)."""
+        qos = qos_profile(settings.input_reliability, settings.input_depth)
+        if settings.input_transport == 'compressed':
+            self.subscription = self.node.create_subscription(
+                CompressedImage, self.prefix + 'image/compressed', self.on_image, qos)
+        else:
+            self.subscription = self.node.create_subscription(
+                Image, self.prefix + 'image', self.on_image, qos)
+
+    def unsubscribe(self):
+        """Destroy the input subscription."""
+        if self.subscription is not None:
+            self.node.destroy_subscription(self.subscription)
+            self.subscription = None
 
     def on_image(self, msg):
         """Keep only the newest message; count the one it replaces as dropped."""
@@ -117,85 +173,159 @@ class Camera:
         return {name for name in enabled
                 if self.publishers[name].get_subscription_count() > 0}
 
+    def destroy(self):
+        """Destroy publishers and subscription."""
+        self.unsubscribe()
+        for pub in self.publishers.values():
+            self.node.destroy_lifecycle_publisher(pub)
+        if self.label_info is not None:
+            self.node.destroy_publisher(self.label_info)
+        self.publishers = {}
 
-class SegmentationNode(Node):
-    """Semantic segmentation of camera images."""
+
+class SegmentationNode(LifecycleNode):
+    """Semantic segmentation of camera images (a managed node; see the module docstring)."""
 
     def __init__(self, **kwargs):
         super().__init__('semseg', **kwargs)
         for spec in cfg.PARAMETERS:
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
-        self.settings = None
+        self.settings = cfg.from_values(
+            {s.name: self.get_parameter(s.name).value
+             for s in cfg.PARAMETERS if s.change == 'restart'})
         self.segmenter = None
         self.base_classes = None
-        self.model_error = ''
+        self.error = ''
+        self.cameras = []
         self._cond = threading.Condition()
-        self._stop = False
-        values = {spec.name: self.get_parameter(spec.name).value for spec in cfg.PARAMETERS}
-        try:
-            self.settings = cfg.from_values(values)
-        except cfg.SettingsError as exc:
-            self.get_logger().error(f'invalid parameters: {exc}')
-            self.model_error = str(exc)
-            self.settings = cfg.from_values(
-                {k: v for k, v in values.items() if k.startswith(('qos.', 'diag'))})
-        if not self.model_error:
-            self._load_model()
-        self.cameras = [Camera(self, '', self.settings)]
+        self._stop = True
+        self._worker = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
+        if self.settings.autostart:
+            self.trigger_configure()
+            if self.segmenter is not None:
+                self.trigger_activate()
+
+    # Lifecycle transitions.
+    def _read_settings(self):
+        values = {spec.name: self.get_parameter(spec.name).value for spec in cfg.PARAMETERS}
+        return cfg.from_values(values)
+
+    def on_configure(self, state):
+        """Validate parameters, load the model and class set, create the publishers."""
+        log = self.get_logger()
+        try:
+            self.settings = self._read_settings()
+            self.segmenter = pipeline.build_segmenter(self.settings, log.info)
+            self.base_classes = pipeline.load_classes(self.settings, self.segmenter.model)[0]
+        except Exception as exc:  # noqa: B902 - any failure must leave the node alive
+            self.segmenter = None
+            self.error = f'configure failed: {exc}'
+            log.error(f'{self.error}. The node stays unconfigured: fix the parameter and '
+                      'configure again (or restart).')
+            return TransitionCallbackReturn.FAILURE
+        self.error = ''
+        self.cameras = [Camera(self, name, self.settings) for name in self.settings.cameras]
+        self._create_label_info()
+        return super().on_configure(state)
+
+    def _create_label_info(self):
+        header = Header(stamp=self.get_clock().now().to_msg())
+        msg = label_info_message(self.segmenter.classes, header)
+        if msg is None:
+            return  # vision_msgs is not installed: class metadata stays in the class-set YAML
+        for camera in self.cameras:
+            camera.label_info = self.create_publisher(
+                type(msg), camera.prefix + LABEL_INFO_TOPIC,
+                qos_profile('reliable', 1, latched=True))
+            camera.label_info.publish(msg)
+
+    def on_activate(self, state):
+        """Subscribe to the cameras and start the worker."""
+        result = super().on_activate(state)
+        for camera in self.cameras:
+            camera.subscribe(self.settings)
+        self._start_worker()
+        return result
+
+    def on_deactivate(self, state):
+        """Unsubscribe, stop the worker and free cached device memory."""
+        for camera in self.cameras:
+            camera.unsubscribe()
+        self._stop_worker()
+        self._free_device_memory()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state):
+        """Drop the model and the publishers."""
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state):
+        """Stop everything."""
+        self._release()
+        return super().on_shutdown(state)
+
+    def on_error(self, state):
+        """Release everything after an error in a transition."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self):
+        self._stop_worker()
+        for camera in self.cameras:
+            camera.destroy()
+        self.cameras = []
+        self.segmenter = None
+        self._free_device_memory()
+
+    def _free_device_memory(self):
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _start_worker(self):
+        self._stop = False
         self._worker = threading.Thread(target=self._run, name='semseg_worker', daemon=True)
         self._worker.start()
 
-    # Set-up.
-    def _load_model(self):
-        s = self.settings
-        log = self.get_logger()
-        try:
-            options = {'weights': s.weights}
-            if s.backend in ('espnet', 'espnetv2'):
-                options['download'] = s.download
-            model = create_model(s.backend, **options)
-            classes = class_sets.load(s.classes or model.class_set) if (
-                s.classes or model.class_set) else class_sets.generic(model.num_classes)
-            self.base_classes = classes
-            if s.drivable_classes:
-                classes = classes.with_drivable(s.drivable_classes)
-            self.segmenter = Segmenter(
-                model, classes, device=s.device, precision=s.precision,
-                input_size=s.input_size, upsample=s.upsample, channels_last=s.channels_last,
-                overlay_alpha=s.overlay_alpha, warmup=s.warmup)
-        except Exception as exc:  # noqa: B902 - any load failure must leave the node alive
-            self.model_error = f'{type(exc).__name__}: {exc}'
-            log.error(f'cannot load the model (backend {s.backend!r}): {exc}. '
-                      'Frames are dropped until the parameters are fixed and the node restarted.')
-            return
-        seg = self.segmenter
-        size = 'frame size' if seg.input_size is None else '%dx%d' % seg.input_size
-        drivable = [seg.classes.names[i] for i in seg.classes.drivable] or ['none']
-        log.info(f'model {s.backend} ({model.name}) on {seg.device} {s.precision}, input {size}, '
-                 f'{len(seg.classes)} classes from {seg.classes.source}, drivable: '
-                 + ', '.join(drivable))
+    def _stop_worker(self):
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        self._worker = None
+        for camera in self.cameras:
+            camera.pending = None
 
+    # Parameters.
     def _on_set_parameters(self, params):
         changes = {p.name: p.value for p in params}
+        configured = self.segmenter is not None
         try:
             for name, value in changes.items():
                 spec = cfg.SPECS.get(name)
-                if spec is not None and spec.read_only:
+                if spec is None:
+                    continue
+                if spec.change == 'configure' and configured:
                     return SetParametersResult(
-                        successful=False, reason=f'{name} is read-only: restart the node')
+                        successful=False,
+                        reason=f'{name} takes effect on configure: deactivate and clean up the '
+                               'node first (or restart it)')
                 cfg.check(name, value)
-            new = cfg.from_values({**self.settings.values, **changes})
-            if self.segmenter is not None:
+            values = {**self.settings.values, **changes}
+            new = cfg.from_values({k: v for k, v in values.items() if k in cfg.SPECS})
+            if configured:
                 if 'drivable_classes' in changes:
                     base = self.base_classes
                     self.segmenter.set_classes(
                         base.with_drivable(new.drivable_classes) if new.drivable_classes
                         else base)
                 self.segmenter.set_overlay_alpha(new.overlay_alpha)
-        except (cfg.SettingsError, class_sets.ClassSetError, ValueError) as exc:
+        except ValueError as exc:  # SettingsError, ClassSetError, EngineError
             return SetParametersResult(successful=False, reason=str(exc))
         self.settings = new
         return SetParametersResult(successful=True)
@@ -204,10 +334,12 @@ class SegmentationNode(Node):
     def offer(self, camera, msg):
         """Store msg as the camera's newest frame and wake the worker."""
         with self._cond:
-            camera.stats.received += 1
-            camera.stats.window_in += 1
+            stats = camera.stats
+            stats.received += 1
+            stats.window_in += 1
+            stats.last_input = time.monotonic()
             if camera.pending is not None:
-                camera.stats.dropped += 1
+                stats.dropped += 1
             camera.pending = msg
             self._cond.notify()
 
@@ -223,25 +355,32 @@ class SegmentationNode(Node):
             return batch
 
     def _fail(self, camera, text):
-        camera.stats.errors += 1
-        camera.stats.last_error = text
+        with self._cond:
+            camera.stats.errors += 1
+            camera.stats.error_streak += 1
+            camera.stats.last_error = text
         self.get_logger().error(f'camera {camera.name}: {text}', throttle_duration_sec=2.0)
 
     def _run(self):
-        while rclpy.ok() and not self._stop:
+        while not self._stop:
             batch = self._take()
-            if batch:
-                try:
-                    self._process(batch)
-                except Exception as exc:  # noqa: B902 - the worker must survive any frame
-                    for camera, _ in batch:
-                        self._fail(camera, f'processing failed: {type(exc).__name__}: {exc}')
+            if not batch:
+                continue
+            try:
+                self._process(batch)
+            except Exception as exc:  # noqa: B902 - the worker must survive any frame
+                for camera, _ in batch:
+                    self._fail(camera, f'processing failed: {type(exc).__name__}: {exc}')
+
+    @staticmethod
+    def _decode(msg):
+        if isinstance(msg, CompressedImage):
+            return compressed_to_array(msg)
+        return image_to_array(msg)
 
     def _process(self, batch):
         seg = self.segmenter
         if seg is None:
-            for camera, _ in batch:
-                self._fail(camera, f'no model loaded ({self.model_error})')
             return
         enabled = self.settings.outputs
         jobs = []
@@ -251,7 +390,7 @@ class SegmentationNode(Node):
                 camera.stats.skipped += 1  # nobody listens: no work
                 continue
             try:
-                array, color = image_to_array(msg)
+                array, color = self._decode(msg)
             except ImageError as exc:
                 self._fail(camera, f'bad image: {exc}')
                 continue
@@ -269,38 +408,58 @@ class SegmentationNode(Node):
             self._count_output(camera, msg)
 
     def _count_output(self, camera, msg):
-        stats = camera.stats
-        stats.processed += 1
-        stats.window_out += 1
         now = self.get_clock().now().nanoseconds
         stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        stats.add_latency((now - stamp) * 1e-9)
+        with self._cond:
+            stats = camera.stats
+            stats.processed += 1
+            stats.window_out += 1
+            stats.error_streak = 0
+            stats.add_latency((now - stamp) * 1e-9)
 
     # Diagnostics.
     def _publish_diagnostics(self):
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        seg = self.segmenter
-        for camera in self.cameras:
-            array.status.append(self._camera_status(camera, seg))
+        if not self.cameras:
+            status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: node',
+                                      hardware_id='none')
+            status.level = DiagnosticStatus.ERROR if self.error else DiagnosticStatus.WARN
+            status.message = self.error or 'unconfigured'
+            status.values = [KeyValue(key='model',
+                                      value=self.get_parameter('model.backend').value)]
+            array.status.append(status)
+        for camera in list(self.cameras):
+            array.status.append(self._camera_status(camera))
         self.diagnostics.publish(array)
 
-    def _camera_status(self, camera, seg):
+    def _camera_status(self, camera):
+        seg = self.segmenter
+        now = time.monotonic()
         with self._cond:
             stats = camera.stats
-            elapsed = max(time.monotonic() - stats.window_start, 1e-6)
+            elapsed = max(now - stats.window_start, 1e-6)
             in_rate = stats.window_in / elapsed
             out_rate = stats.window_out / elapsed
             stats.window_in = stats.window_out = 0
-            stats.window_start = time.monotonic()
+            stats.window_start = now
             latency = np.array(stats.latency) * 1000.0
+            last_input = stats.last_input
         status = DiagnosticStatus()
         status.name = f'{self.get_fully_qualified_name()}: camera {camera.name}'
         status.hardware_id = str(seg.device) if seg else 'none'
-        if seg is None:
+        active = camera.subscription is not None
+        if stats.error_streak >= ERROR_STREAK:
             status.level = DiagnosticStatus.ERROR
-            status.message = f'no model: {self.model_error}'
-        elif stats.errors and stats.last_error:
+            status.message = f'{stats.error_streak} frames failed in a row: {stats.last_error}'
+        elif not active:
+            status.level = DiagnosticStatus.WARN
+            status.message = 'inactive'
+        elif last_input is None or now - last_input > self.settings.stale_timeout:
+            status.level = DiagnosticStatus.WARN
+            status.message = 'stale: no input' if last_input is None else \
+                f'stale: no input for {now - last_input:.1f} s'
+        elif stats.error_streak:
             status.level = DiagnosticStatus.WARN
             status.message = f'errors: {stats.errors} (last: {stats.last_error})'
         else:
@@ -316,6 +475,7 @@ class SegmentationNode(Node):
             'frames dropped': str(stats.dropped),
             'frames skipped (no subscriber)': str(stats.skipped),
             'errors': str(stats.errors),
+            'last error': stats.last_error,
             'device': str(seg.device) if seg else 'none',
             'model': self.settings.backend,
         }
@@ -326,11 +486,7 @@ class SegmentationNode(Node):
 
     def destroy_node(self):
         """Stop the worker thread, then destroy the node."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+        self._stop_worker()
         return super().destroy_node()
 
 
@@ -344,8 +500,7 @@ def main(args=None):
         pass
     finally:
         node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
     return 0
 
 

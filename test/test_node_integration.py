@@ -14,6 +14,7 @@ import time
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticStatus
 import numpy as np
 import pytest
 import rclpy
@@ -166,17 +167,23 @@ def tiny_node(tmp_path_factory):
         print(log)
 
 
-def diagnostics_values(harness, key, timeout=TIMEOUT):
-    """Spin until a /diagnostics message has `key`; return its status values as a dict."""
+def diagnostics_status(harness, accept, timeout=TIMEOUT):
+    """Spin until a /diagnostics status satisfies accept(status); return it."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         for array in reversed(harness.diagnostics):
             for status in array.status:
-                values = {kv.key: kv.value for kv in status.values}
-                if key in values:
-                    return values
+                if accept(status):
+                    return status
         harness.spin(0.2)
-    raise AssertionError(f'no /diagnostics with {key!r}')
+    raise AssertionError('no matching /diagnostics status')
+
+
+def diagnostics_values(harness, key, timeout=TIMEOUT):
+    """Spin until a /diagnostics status has `key`; return its values as a dict."""
+    status = diagnostics_status(
+        harness, lambda s: any(kv.key == key for kv in s.values), timeout)
+    return {kv.key: kv.value for kv in status.values}
 
 
 @pytest.mark.parametrize('encoding,height,width', [
@@ -231,26 +238,16 @@ def test_missing_class_set_is_reported_and_the_node_stays_up(tmp_path):
     torchscript.save(Channels(), str(model), 3, Preprocess(scale=1.0 / 255.0))
     domain = 22
     process = start_node(domain, 'model.backend:=torchscript', f'model.weights:={model}',
-                         f'classes:={tmp_path / "missing.yaml"}')
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain)
+                         f'classes:={tmp_path / "missing.yaml"}', 'diagnostics_period:=0.5')
+    harness = Harness(domain, outputs=())
     try:
-        node = rclpy.create_node('probe', context=context)
-        pub = node.create_publisher(Image, 'image', 10)
-        executor = rclpy.executors.SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        # The class-set file is missing: the node stays up and says why it drops frames.
-        end = time.monotonic() + TIMEOUT
-        while time.monotonic() < end and node.count_subscribers('image') == 0:
-            executor.spin_once(timeout_sec=0.1)
-        assert node.count_subscribers('image') == 1
-        pub.publish(array_to_image(stripes(6, 9), 'rgb8'))
-        executor.spin_once(timeout_sec=1.0)
+        status = diagnostics_status(harness, lambda s: 'configure failed' in s.message)
         assert process.poll() is None
-        node.destroy_node()
     finally:
-        rclpy.shutdown(context=context)
+        harness.close()
         log = stop_node(process)
+    assert status.level == DiagnosticStatus.ERROR
+    assert 'missing.yaml does not exist' in status.message
     assert 'missing.yaml does not exist' in log
 
 

@@ -37,7 +37,7 @@ def test_defaults_are_valid():
     ('model.input_width', 'wide', 'parameter model.input_width: expected int'),
     ('warmup', 1, 'parameter warmup: expected bool'),
     ('model.backend', ' ', 'parameter model.backend: empty'),
-    ('no.such', 1, "unknown parameter"),
+    ('no.such', 1, 'unknown parameter'),
 ])
 def test_invalid_values_name_the_parameter(name, value, message):
     with pytest.raises(SettingsError, match=message):

@@ -26,8 +26,14 @@ class Spec:
     choices: Tuple[str, ...] = ()
     low: Optional[float] = None
     high: Optional[float] = None
-    read_only: bool = True  # changing it needs a restart (or a lifecycle reconfigure)
-    kind: Optional[type] = None  # element type of array parameters
+    # When a new value takes effect: 'runtime' (at once), 'configure' (the next lifecycle
+    # configure: deactivate, cleanup, set, configure; or a restart) or 'restart' (read-only).
+    change: str = 'configure'
+
+    @property
+    def read_only(self):
+        """Return True for parameters that only a restart can change."""
+        return self.change == 'restart'
 
     @property
     def value_type(self):
@@ -61,25 +67,39 @@ PARAMETERS = (
     Spec('classes', '', 'Class set: a name in config/classes (camvid, cityscapes) or a YAML '
          "path. Empty: the model's own class set."),
     Spec('drivable_classes', [''], 'Names (or ids) of the drivable classes; empty: the '
-         "'drivable: true' entries of the class set.", read_only=False, kind=str),
+         "'drivable: true' entries of the class set.", change='runtime'),
     Spec('overlay_alpha', 0.5, 'Opacity of the class colors in the overlay image.',
-         low=0.0, high=1.0, read_only=False),
+         low=0.0, high=1.0, change='runtime'),
     Spec('outputs.label', True, 'Publish segmentation/label (class id per pixel).',
-         read_only=False),
-    Spec('outputs.color', True, 'Publish segmentation/color (palette colors).', read_only=False),
+         change='runtime'),
+    Spec('outputs.color', True, 'Publish segmentation/color (palette colors).', change='runtime'),
     Spec('outputs.overlay', True, 'Publish segmentation/overlay (image blended with colors).',
-         read_only=False),
+         change='runtime'),
     Spec('outputs.drivable', True, 'Publish segmentation/drivable (255 = drivable).',
-         read_only=False),
+         change='runtime'),
     Spec('outputs.confidence', True, 'Publish segmentation/confidence (max softmax x 255).',
-         read_only=False),
+         change='runtime'),
+    Spec('cameras', [''], "Input namespaces, one per camera: ['front', 'left'] reads "
+         "front/image and publishes front/segmentation/*; [''] = one camera, relative names. "
+         'Frames of all cameras go through the model in one batch.', change='restart'),
+    Spec('input_transport', 'raw', "'raw' subscribes image (sensor_msgs/Image); 'compressed' "
+         'subscribes image/compressed (sensor_msgs/CompressedImage, jpeg or png).',
+         choices=('raw', 'compressed'), change='restart'),
     Spec('qos.input.reliability', 'best_effort', 'Input QoS reliability (best_effort '
-         'matches both reliable and best-effort publishers).', choices=RELIABILITY),
-    Spec('qos.input.depth', 1, 'Input QoS history depth.', low=1, high=100),
-    Spec('qos.output.reliability', 'reliable', 'Output QoS reliability.', choices=RELIABILITY),
-    Spec('qos.output.depth', 1, 'Output QoS history depth.', low=1, high=100),
+         'matches both reliable and best-effort publishers).', choices=RELIABILITY,
+         change='restart'),
+    Spec('qos.input.depth', 1, 'Input QoS history depth.', low=1, high=100, change='restart'),
+    Spec('qos.output.reliability', 'reliable', 'Output QoS reliability.', choices=RELIABILITY,
+         change='restart'),
+    Spec('qos.output.depth', 1, 'Output QoS history depth.', low=1, high=100,
+         change='restart'),
+    Spec('autostart', True, 'Configure and activate at start-up. false: a managed lifecycle '
+         'node that waits for configure / activate (e.g. from a lifecycle manager).',
+         change='restart'),
     Spec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages.',
-         low=0.1, high=60.0),
+         low=0.1, high=60.0, change='restart'),
+    Spec('stale_timeout', 2.0, 'Seconds without a frame after which a camera is reported '
+         'stale in diagnostics.', low=0.1, high=3600.0, change='runtime'),
 )
 
 SPECS = {spec.name: spec for spec in PARAMETERS}
@@ -106,7 +126,11 @@ class Settings:
     input_depth: int = 1
     output_reliability: str = 'reliable'
     output_depth: int = 1
+    cameras: Tuple[str, ...] = ('',)
+    input_transport: str = 'raw'
+    autostart: bool = True
     diagnostics_period: float = 1.0
+    stale_timeout: float = 2.0
     values: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -159,6 +183,13 @@ def from_values(values):
     if (width == 0) != (height == 0):
         raise SettingsError('parameters model.input_width and model.input_height: set both '
                             f'or neither (got {width} x {height})')
+    cameras = tuple(c.strip('/') for c in v['cameras']) or ('',)
+    if len(set(cameras)) != len(cameras):
+        raise SettingsError(f'parameter cameras: duplicate names in {list(cameras)}')
+    for name in cameras:
+        if not all(part.replace('_', 'a').isalnum() and not part[0].isdigit()
+                   for part in name.split('/')) and name:
+            raise SettingsError(f'parameter cameras: {name!r} is not a valid namespace')
     return Settings(
         backend=v['model.backend'].strip(),
         weights=v['model.weights'].strip(),
@@ -177,7 +208,11 @@ def from_values(values):
         input_depth=v['qos.input.depth'],
         output_reliability=v['qos.output.reliability'],
         output_depth=v['qos.output.depth'],
+        cameras=cameras,
+        input_transport=v['input_transport'],
+        autostart=v['autostart'],
         diagnostics_period=v['diagnostics_period'],
+        stale_timeout=v['stale_timeout'],
         values=v,
     )
 

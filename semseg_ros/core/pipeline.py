@@ -1,0 +1,62 @@
+"""Build the Segmenter that a Settings object describes (shared by the node and the tools).
+
+ROS-free: the live node and the offline bag tool call the same functions, so one params file
+gives the same model, class set, drivable classes and engine options in both.
+"""
+
+from semseg_ros.core import classes as class_sets
+from semseg_ros.core.engine import Segmenter
+from semseg_ros.core.models import create_model
+
+# Backends that take the 'download' option.
+DOWNLOAD_BACKENDS = ('espnet', 'espnetv2')
+
+
+def build_model(settings):
+    """Create the model named by settings.backend with its weights."""
+    options = {'weights': settings.weights}
+    if settings.backend in DOWNLOAD_BACKENDS:
+        options['download'] = settings.download
+    return create_model(settings.backend, **options)
+
+
+def load_classes(settings, model):
+    """Return (base, classes): the class set, and the same with drivable_classes applied.
+
+    The class set is settings.classes, else the model's own, else a generic one; the node
+    keeps `base` to apply later changes of drivable_classes.
+    """
+    name = settings.classes or model.class_set
+    base = class_sets.load(name) if name else class_sets.generic(model.num_classes)
+    classes = base.with_drivable(settings.drivable_classes) if settings.drivable_classes \
+        else base
+    return base, classes
+
+
+def describe(segmenter, settings):
+    """Return one line naming the model, device, input size, class set and drivable classes."""
+    size = 'frame size' if segmenter.input_size is None else '%dx%d' % segmenter.input_size
+    classes = segmenter.classes
+    drivable = [classes.names[i] for i in classes.drivable] or ['none']
+    name = getattr(segmenter.model, 'name', 'model')
+    return (f'model {settings.backend} ({name}) on {segmenter.device} {settings.precision}, '
+            f'input {size}, {len(classes)} classes from {classes.source}, drivable: '
+            + ', '.join(drivable))
+
+
+def build_segmenter(settings, log=None):
+    """Build the model, class set and Segmenter of settings; log(line) gets a summary line.
+
+    Errors propagate (ModelError, ClassSetError, EngineError, OSError): the caller decides
+    whether they are fatal.
+    """
+    model = build_model(settings)
+    _, classes = load_classes(settings, model)
+    segmenter = Segmenter(
+        model, classes, device=settings.device, precision=settings.precision,
+        input_size=settings.input_size, upsample=settings.upsample,
+        channels_last=settings.channels_last, overlay_alpha=settings.overlay_alpha,
+        warmup=settings.warmup)
+    if log is not None:
+        log(describe(segmenter, settings))
+    return segmenter
