@@ -43,6 +43,8 @@ class OverlayRecorder(Node):
         super().__init__('semseg_demo_viewer')
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        for old in self.folder.glob('overlay_*.png'):
+            old.unlink()  # overlays of an earlier run
         self.received = []  # (receive time, stamp) in seconds
         self.sizes = set()
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -127,7 +129,8 @@ def main(argv=None):
     camera_cmd = [sys.executable, '-m', 'semseg_ros.tools.camera_source', '--ros-args',
                   '-p', f'source:={args.source}', '-p', f'rate:={args.rate}',
                   '-p', f'count:={args.frames}', '-p', 'exit_when_done:=true',
-                  '-p', 'loop:=true', '-p', 'reliability:=reliable']
+                  '-p', 'loop:=true', '-p', 'reliability:=reliable',
+                  '-p', 'wait_for_subscribers:=1']
     rclpy.init()
     viewer = OverlayRecorder('segmentation/overlay', args.output)
     seg = subprocess.Popen(node_cmd, env=os.environ.copy())
