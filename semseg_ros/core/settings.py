@@ -229,8 +229,8 @@ def flatten(tree, prefix=''):
     return flat
 
 
-def load_params_file(path, node_name='semseg'):
-    """Read a ROS 2 params YAML and return Settings for node_name (or the '/**' section)."""
+def params_file_values(path, node_name='semseg'):
+    """Read a ROS 2 params YAML; return {dotted name: value} for node_name or '/**'."""
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     merged = {}
@@ -238,4 +238,9 @@ def load_params_file(path, node_name='semseg'):
         section = data.get(key)
         if isinstance(section, dict):
             merged.update(flatten(section.get('ros__parameters', {})))
-    return from_values(merged)
+    return merged
+
+
+def load_params_file(path, node_name='semseg'):
+    """Read a ROS 2 params YAML and return Settings for node_name (or the '/**' section)."""
+    return from_values(params_file_values(path, node_name))
