@@ -36,9 +36,11 @@ from rclpy.qos import DurabilityPolicy
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
+from semseg_ros.core import ground
 from semseg_ros.core import pipeline
 from semseg_ros.core import settings as cfg
 from semseg_ros.core.engine import Frame
+from semseg_ros.grid import GroundGrid
 from semseg_ros.io.image import array_to_image
 from semseg_ros.io.image import compressed_to_array
 from semseg_ros.io.image import image_to_array
@@ -193,10 +195,12 @@ class SegmentationNode(LifecycleNode):
         self.settings = cfg.from_values(
             {s.name: self.get_parameter(s.name).value
              for s in cfg.PARAMETERS if s.change == 'restart'})
+        self._declare_camera_poses()
         self.segmenter = None
         self.base_classes = None
         self.error = ''
         self.cameras = []
+        self.grid = None
         self._cond = threading.Condition()
         self._stop = True
         self._worker = None
@@ -207,6 +211,32 @@ class SegmentationNode(LifecycleNode):
             self.trigger_configure()
             if self.segmenter is not None:
                 self.trigger_activate()
+
+    def _declare_camera_poses(self):
+        """With several cameras, declare camera_pose.<camera>.<x..yaw> for each one."""
+        if len(self.settings.cameras) < 2:
+            return
+        for name in self.settings.cameras:
+            for field in cfg.POSE_FIELDS:
+                spec = cfg.SPECS[f'camera_pose.{field}']
+                self.declare_parameter(
+                    f'camera_pose.{name}.{field}', self.get_parameter(spec.name).value,
+                    descriptor(spec))
+
+    def _camera_poses(self):
+        """Return {camera name: 4x4 pose} from parameters ({} when poses come from TF)."""
+        s = self.settings
+        if s.pose_source != 'parameters':
+            return {}
+        poses = {}
+        for camera in self.cameras:
+            values = s.pose
+            if len(self.cameras) > 1:
+                values = [self.get_parameter(f'camera_pose.{camera.prefix}{f}').value
+                          for f in cfg.POSE_FIELDS]
+            x, y, z, roll, pitch, yaw = (float(v) for v in values)
+            poses[camera.name] = ground.camera_pose(x, y, z, roll, pitch, yaw)
+        return poses
 
     # Lifecycle transitions.
     def _read_settings(self):
@@ -226,8 +256,18 @@ class SegmentationNode(LifecycleNode):
             log.error(f'{self.error}. The node stays unconfigured: fix the parameter and '
                       'configure again (or restart).')
             return TransitionCallbackReturn.FAILURE
-        self.error = ''
         self.cameras = [Camera(self, name, self.settings) for name in self.settings.cameras]
+        if self.settings.grid is not None:
+            try:
+                self.grid = GroundGrid(
+                    self, self.settings, self.cameras, self._camera_poses(),
+                    qos_profile(self.settings.output_reliability, self.settings.output_depth))
+            except (RuntimeError, ValueError) as exc:
+                self._release()
+                self.error = f'configure failed: {exc}'
+                log.error(self.error)
+                return TransitionCallbackReturn.FAILURE
+        self.error = ''
         self._create_label_info()
         return super().on_configure(state)
 
@@ -247,6 +287,8 @@ class SegmentationNode(LifecycleNode):
         result = super().on_activate(state)
         for camera in self.cameras:
             camera.subscribe(self.settings)
+        if self.grid is not None:
+            self.grid.subscribe(qos_profile('best_effort', 1))
         self._start_worker()
         return result
 
@@ -254,6 +296,8 @@ class SegmentationNode(LifecycleNode):
         """Unsubscribe, stop the worker and free cached device memory."""
         for camera in self.cameras:
             camera.unsubscribe()
+        if self.grid is not None:
+            self.grid.unsubscribe()
         self._stop_worker()
         self._free_device_memory()
         return super().on_deactivate(state)
@@ -275,6 +319,9 @@ class SegmentationNode(LifecycleNode):
 
     def _release(self):
         self._stop_worker()
+        if self.grid is not None:
+            self.grid.destroy()
+            self.grid = None
         for camera in self.cameras:
             camera.destroy()
         self.cameras = []
@@ -383,10 +430,11 @@ class SegmentationNode(LifecycleNode):
         if seg is None:
             return
         enabled = self.settings.outputs
+        grid = self.grid if self.grid is not None and self.grid.wanted() else None
         jobs = []
         for camera, msg in batch:
             wanted = camera.wanted(enabled)
-            if not wanted:
+            if not wanted and grid is None:
                 camera.stats.skipped += 1  # nobody listens: no work
                 continue
             try:
@@ -397,8 +445,10 @@ class SegmentationNode(LifecycleNode):
             jobs.append((camera, msg, Frame(array, color), wanted))
         if not jobs:
             return
-        wanted_all = set().union(*(w for _, _, _, w in jobs))
-        results = seg.process([frame for _, _, frame, _ in jobs], wanted_all)
+        compute = set().union(*(w for _, _, _, w in jobs))
+        if grid is not None:
+            compute.add('drivable')
+        results = seg.process([frame for _, _, frame, _ in jobs], compute)
         label_encoding = seg.classes.label_encoding
         for (camera, msg, _, wanted), result in zip(jobs, results):
             for name in wanted:
@@ -406,6 +456,9 @@ class SegmentationNode(LifecycleNode):
                 camera.publishers[name].publish(
                     array_to_image(result[name], encoding, msg.header))
             self._count_output(camera, msg)
+        if grid is not None:
+            grid.publish([(camera.name, msg.header, result['drivable'])
+                          for (camera, msg, _, _), result in zip(jobs, results)])
 
     def _count_output(self, camera, msg):
         now = self.get_clock().now().nanoseconds
@@ -481,6 +534,8 @@ class SegmentationNode(LifecycleNode):
         }
         if seg is not None:
             values.update({f'{k} (ms)': f'{v * 1000.0:.1f}' for k, v in seg.timings.items()})
+        if self.grid is not None:
+            values['grid'] = self.grid.status()
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         return status
 

@@ -93,6 +93,35 @@ PARAMETERS = (
          change='restart'),
     Spec('qos.output.depth', 1, 'Output QoS history depth.', low=1, high=100,
          change='restart'),
+    Spec('grid.enabled', False, 'Project the drivable mask on the ground and publish '
+         'segmentation/drivable_grid (OccupancyGrid) and segmentation/obstacles (PointCloud2); '
+         'needs camera_info and the camera pose.'),
+    Spec('grid.frame_id', 'base_link', 'Frame of the grid and the obstacle cloud; the ground is '
+         'its plane z = grid.ground_z.'),
+    Spec('grid.resolution', 0.05, 'Grid cell size (m).', low=0.005, high=10.0),
+    Spec('grid.width', 200, 'Grid cells along x.', low=1, high=20000),
+    Spec('grid.height', 200, 'Grid cells along y.', low=1, high=20000),
+    Spec('grid.origin_x', 0.0, 'x of the outer corner of cell (0, 0) (m).', low=-1e4, high=1e4),
+    Spec('grid.origin_y', -5.0, 'y of the outer corner of cell (0, 0) (m).', low=-1e4, high=1e4),
+    Spec('grid.max_range', 10.0, 'Ground distance from the camera beyond which cells stay '
+         'unknown (m).', low=0.1, high=1000.0),
+    Spec('grid.ground_z', 0.0, 'Height of the ground plane in grid.frame_id (m).',
+         low=-100.0, high=100.0),
+    Spec('grid.obstacles', 'cells', 'Obstacle cloud: every seen non-drivable cell (cells) or '
+         'only those next to a drivable cell (boundary).', choices=('cells', 'boundary')),
+    Spec('camera_pose.source', 'parameters', 'Camera pose in grid.frame_id: from the '
+         'camera_pose.* parameters, or from TF (image frame_id -> grid.frame_id; needs tf2_ros).',
+         choices=('parameters', 'tf')),
+    Spec('camera_pose.x', 0.0, 'Camera optical centre x in grid.frame_id (m).',
+         low=-1e4, high=1e4),
+    Spec('camera_pose.y', 0.0, 'Camera optical centre y (m).', low=-1e4, high=1e4),
+    Spec('camera_pose.z', 1.0, 'Camera optical centre z (m).', low=-1e4, high=1e4),
+    Spec('camera_pose.roll', 0.0, 'Camera body roll (rad; body x forward, as in URDF).',
+         low=-7.0, high=7.0),
+    Spec('camera_pose.pitch', 0.0, 'Camera body pitch (rad; positive looks down).',
+         low=-7.0, high=7.0),
+    Spec('camera_pose.yaw', 0.0, 'Camera body yaw (rad; positive turns left).',
+         low=-7.0, high=7.0),
     Spec('autostart', True, 'Configure and activate at start-up. false: a managed lifecycle '
          'node that waits for configure / activate (e.g. from a lifecycle manager).',
          change='restart'),
@@ -103,6 +132,9 @@ PARAMETERS = (
 )
 
 SPECS = {spec.name: spec for spec in PARAMETERS}
+GRID_FIELDS = ('frame_id', 'resolution', 'width', 'height', 'origin_x', 'origin_y',
+               'max_range', 'ground_z')
+POSE_FIELDS = ('x', 'y', 'z', 'roll', 'pitch', 'yaw')
 
 
 @dataclass(frozen=True)
@@ -131,6 +163,10 @@ class Settings:
     autostart: bool = True
     diagnostics_period: float = 1.0
     stale_timeout: float = 2.0
+    grid: Optional[dict] = None  # GridSpec fields when grid.enabled, else None
+    pose_source: str = 'parameters'
+    pose: Tuple[float, ...] = (0.0, 0.0, 1.0, 0.0, 0.0, 0.0)  # x y z roll pitch yaw
+    obstacles: str = 'cells'
     values: dict = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -213,6 +249,10 @@ def from_values(values):
         autostart=v['autostart'],
         diagnostics_period=v['diagnostics_period'],
         stale_timeout=v['stale_timeout'],
+        grid={k: v[f'grid.{k}'] for k in GRID_FIELDS} if v['grid.enabled'] else None,
+        pose_source=v['camera_pose.source'],
+        pose=tuple(v[f'camera_pose.{k}'] for k in POSE_FIELDS),
+        obstacles=v['grid.obstacles'],
         values=v,
     )
 
