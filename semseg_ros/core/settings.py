@@ -98,7 +98,7 @@ PARAMETERS = (
          'needs camera_info and the camera pose.'),
     Spec('grid.frame_id', 'base_link', 'Frame of the grid and the obstacle cloud; the ground is '
          'its plane z = grid.ground_z.'),
-    Spec('grid.resolution', 0.05, 'Grid cell size (m).', low=0.005, high=10.0),
+    Spec('grid.resolution', 0.05, 'Grid cell size on the ground (m).', low=0.005, high=10.0),
     Spec('grid.width', 200, 'Grid cells along x.', low=1, high=20000),
     Spec('grid.height', 200, 'Grid cells along y.', low=1, high=20000),
     Spec('grid.origin_x', 0.0, 'x of the outer corner of cell (0, 0) (m).', low=-1e4, high=1e4),

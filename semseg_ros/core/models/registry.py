@@ -10,6 +10,12 @@ _BACKENDS = {
     'espnet': 'semseg_ros.core.models.espnet:build',
     'espnetv2': 'semseg_ros.core.models.espnetv2:build',
     'torchscript': 'semseg_ros.core.models.torchscript:build',
+    'export': 'semseg_ros.core.models.export:build',
+    'onnx': 'semseg_ros.core.models.onnx:build',
+    'torchvision': 'semseg_ros.core.models.torchvision:build',
+    'huggingface': 'semseg_ros.core.models.huggingface:build',
+    'smp': 'semseg_ros.core.models.smp:build',
+    'ultralytics': 'semseg_ros.core.models.ultralytics:build',
 }
 
 
