@@ -99,8 +99,8 @@ PARAMETERS = (
     Spec('grid.frame_id', 'base_link', 'Frame of the grid and the obstacle cloud; the ground is '
          'its plane z = grid.ground_z.'),
     Spec('grid.resolution', 0.05, 'Grid cell size on the ground (m).', low=0.005, high=10.0),
-    Spec('grid.width', 200, 'Grid cells along x.', low=1, high=20000),
-    Spec('grid.height', 200, 'Grid cells along y.', low=1, high=20000),
+    Spec('grid.width', 200, 'Number of grid cells along x (forward).', low=1, high=20000),
+    Spec('grid.height', 200, 'Number of grid cells along y (left).', low=1, high=20000),
     Spec('grid.origin_x', 0.0, 'x of the outer corner of cell (0, 0) (m).', low=-1e4, high=1e4),
     Spec('grid.origin_y', -5.0, 'y of the outer corner of cell (0, 0) (m).', low=-1e4, high=1e4),
     Spec('grid.max_range', 10.0, 'Ground distance from the camera beyond which cells stay '
