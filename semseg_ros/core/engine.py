@@ -255,7 +255,7 @@ class Segmenter:
                                      align_corners=False)[0, 0]
             out['confidence'] = render.confidence(conf)
         elif need_labels:
-            labels = logits.argmax(dim=0)
+            labels = logits.max(dim=0).indices  # much faster than argmax on the CPU
         if need_labels:
             if resize and self.upsample == 'labels':
                 labels = F.interpolate(labels[None, None].float(), size=(h, w),

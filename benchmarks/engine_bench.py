@@ -1,0 +1,152 @@
+"""
+Engine overhead: bare model forward vs the whole Segmenter, per model and frame size.
+
+Bare forward: a preprocessed (1, 3, h, w) tensor through the model, nothing else. Engine: an
+(H, W, 3) uint8 RGB ndarray in, the uint8 output arrays out (upload, channel order, resize,
+normalise, forward, upsampling to the input size, argmax, lookup tables, download). Both are
+timed in the same process, alternating, and reported as medians of repeated runs.
+
+    python benchmarks/engine_bench.py [--repeat 15] [--markdown docs/PERFORMANCE.md]
+"""
+
+import argparse
+import os
+from pathlib import Path
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from semseg_ros.core import classes as class_sets  # noqa: E402
+from semseg_ros.core.engine import Frame  # noqa: E402
+from semseg_ros.core.engine import Segmenter  # noqa: E402
+from semseg_ros.core.models import create_model  # noqa: E402
+from semseg_ros.core.models.espnet import ESPNet  # noqa: E402
+from semseg_ros.core.models.espnetv2 import ESPNetv2  # noqa: E402
+
+SIZES = ((480, 360), (1280, 720))
+OUTPUT_SETS = {
+    'label+color+drivable': ('label', 'color', 'drivable'),
+    'all five': ('label', 'color', 'overlay', 'drivable', 'confidence'),
+}
+MARK_BEGIN = '<!-- engine_bench:begin -->'
+MARK_END = '<!-- engine_bench:end -->'
+
+
+def load(name, cache):
+    """Return the model with published weights when found, else random weights."""
+    spec = {'espnet': 'espnet_p_2_q_8_camvid.pth',
+            'espnetv2': 'espnetv2_s_2.0_city_1024x512.pth'}[name]
+    path = Path(cache) / spec if cache else None
+    if path is not None and path.is_file():
+        return create_model(name, weights=str(path), download=False), 'published'
+    model = ESPNet() if name == 'espnet' else ESPNetv2()
+    return model.eval(), 'random'
+
+
+def median_ms(function, repeat):
+    """Return the median wall time of function() in ms (after one warm-up call)."""
+    function()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def bench(name, model, width, height, repeat, device):
+    """Time bare forward and the engine for one model at one frame size."""
+    native = name == 'espnet'  # ESPNet runs at the frame size, ESPNetv2 at its 1024x512
+    size = (width, height) if native else None
+    cls = class_sets.load(model.class_set)
+    rows = []
+    frame = Frame(np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8),
+                  'rgb')
+    for label, outputs in OUTPUT_SETS.items():
+        seg = Segmenter(model, cls, device=device, input_size=size)
+        mw, mh = seg.input_size
+        batch = torch.randn(1, 3, mh, mw, device=seg.device)
+
+        def forward():
+            with torch.inference_mode():
+                seg.model(batch)
+            if seg.device.type == 'cuda':
+                torch.cuda.synchronize()
+
+        def engine():
+            seg.process([frame], outputs)
+
+        bare, full = [], []
+        for _ in range(3):  # alternate to share the machine's noise
+            bare.append(median_ms(forward, repeat))
+            full.append(median_ms(engine, repeat))
+        bare_ms, full_ms = statistics.median(bare), statistics.median(full)
+        rows.append((name, f'{width}x{height}', f'{mw}x{mh}', label, bare_ms, full_ms,
+                     bare_ms / full_ms))
+    return rows
+
+
+def table(rows):
+    """Return the markdown table of the results."""
+    lines = ['| model | frame | model input | outputs | bare forward (ms) | engine (ms) | '
+             'engine throughput / forward |', '|---|---|---|---|---|---|---|']
+    for name, frame, model_in, outputs, bare, full, ratio in rows:
+        lines.append(f'| {name} | {frame} | {model_in} | {outputs} | {bare:.1f} | {full:.1f} | '
+                     f'{ratio * 100:.0f} % |')
+    return '\n'.join(lines)
+
+
+def machine(device):
+    """Describe the machine in one line."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if 'model name' in line)
+    except (OSError, StopIteration):
+        pass
+    text = (f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, '
+            f'{torch.get_num_threads()} threads, device {device}')
+    if device.startswith('cuda'):
+        text += f' ({torch.cuda.get_device_name(0)})'
+    return text
+
+
+def main(argv=None):
+    """Run the benchmark and print (or write) the table."""
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument('--repeat', type=int, default=15, help='runs per median')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--models', nargs='+', default=['espnet', 'espnetv2'])
+    parser.add_argument('--cache', default=os.environ.get('SEMSEG_ROS_CACHE', ''),
+                        help='folder with the published weights (random weights otherwise)')
+    parser.add_argument('--markdown', help='update the engine_bench section of this file')
+    args = parser.parse_args(argv)
+    rows = []
+    weights = {}
+    for name in args.models:
+        model, weights[name] = load(name, args.cache)
+        for width, height in SIZES:
+            rows.extend(bench(name, model, width, height, args.repeat, args.device))
+            print(table(rows[-len(OUTPUT_SETS):]).splitlines()[-1], flush=True)
+    text = (f'Machine: {machine(args.device)}. Weights: '
+            + ', '.join(f'{k} {v}' for k, v in weights.items())
+            + f'. Medians of 3 x {args.repeat} runs, bare and engine alternating.\n\n'
+            + table(rows) + '\n')
+    print('\n' + text)
+    if args.markdown:
+        path = Path(args.markdown)
+        doc = path.read_text()
+        start, end = doc.index(MARK_BEGIN) + len(MARK_BEGIN), doc.index(MARK_END)
+        path.write_text(doc[:start] + '\n' + text + doc[end:])
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
