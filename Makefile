@@ -17,13 +17,14 @@ export ROS_LOG_DIR ?= $(abspath $(VENV))/ros_log
 STAMP := $(VENV)/.semseg_ros_installed
 SOURCES := $(shell git ls-files 2>/dev/null | grep -vE '^(test|docs|benchmarks)/' || find semseg_ros launch config -type f)
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint bench-engine clean
 
 venv: $(STAMP)
 
-$(VENV)/.requirements: requirements.txt
+$(VENV)/.requirements: requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	touch $@
 
 $(STAMP): $(VENV)/.requirements setup.py setup.cfg package.xml $(SOURCES)
@@ -39,6 +40,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m pytest test/test_flake8.py test/test_pep257.py
+
+bench-engine: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/engine_bench.py --markdown docs/PERFORMANCE.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output

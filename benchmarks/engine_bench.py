@@ -6,7 +6,8 @@ Bare forward: a preprocessed (1, 3, h, w) tensor through the model, nothing else
 normalise, forward, upsampling to the input size, argmax, lookup tables, download). Both are
 timed in the same process, alternating, and reported as medians of repeated runs.
 
-    python benchmarks/engine_bench.py [--repeat 15] [--markdown docs/PERFORMANCE.md]
+    make bench-engine        (or: PYTHONPATH=. .venv/bin/python benchmarks/engine_bench.py
+                              [--repeat 15] [--markdown docs/PERFORMANCE.md])
 """
 
 import argparse
@@ -18,17 +19,13 @@ import sys
 import time
 
 import numpy as np
+from semseg_ros.core import classes as class_sets
+from semseg_ros.core.engine import Frame
+from semseg_ros.core.engine import Segmenter
+from semseg_ros.core.models import create_model
+from semseg_ros.core.models.espnet import ESPNet
+from semseg_ros.core.models.espnetv2 import ESPNetv2
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from semseg_ros.core import classes as class_sets  # noqa: E402
-from semseg_ros.core.engine import Frame  # noqa: E402
-from semseg_ros.core.engine import Segmenter  # noqa: E402
-from semseg_ros.core.models import create_model  # noqa: E402
-from semseg_ros.core.models.espnet import ESPNet  # noqa: E402
-from semseg_ros.core.models.espnetv2 import ESPNetv2  # noqa: E402
 
 SIZES = ((480, 360), (1280, 720))
 OUTPUT_SETS = {

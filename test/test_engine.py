@@ -196,3 +196,12 @@ def test_stage_timings_are_reported():
     seg.process([Frame(stripes(), 'rgb')])
     assert set(seg.timings) == {'preprocess', 'inference', 'postprocess'}
     assert all(v >= 0 for v in seg.timings.values())
+
+
+def test_padding_is_cropped_at_the_logits_resolution():
+    # Logits at 1/4 of a padded input: the padded border must not stretch into the image.
+    seg = make(Pooled(), divisor=16)
+    out = seg.process([Frame(stripes(24, 36), 'rgb')], ('label',))[0]
+    assert out['label'].shape == (24, 36)
+    assert (out['label'] == expected_labels(24, 36)).mean() > 0.9
+    assert (out['label'][:, -4:] == 2).all()  # the blue band reaches the right edge

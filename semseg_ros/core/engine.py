@@ -204,12 +204,12 @@ class Segmenter:
                 if (w, h) != (tw, th):
                     chw = F.interpolate(chw[None], size=(th, tw), mode='bilinear',
                                         align_corners=False)[0]
-                valid = (th, tw)
+                valid = (th, tw, th, tw)
             else:
                 tw, th = self._round_size((w, h))
                 if (w, h) != (tw, th):
                     chw = F.pad(chw, (0, tw - w, 0, th - h))
-                valid = (h, w)
+                valid = (h, w, th, tw)
             groups.setdefault((th, tw), []).append((i, valid, chw))
         batches = []
         for items in groups.values():
@@ -237,9 +237,10 @@ class Segmenter:
     def _postprocess(self, logits, valid, image, wanted):
         """Turn one frame's (C, h, w) logits into the wanted outputs at the frame's size."""
         ph, pw = logits.shape[1:]
-        vh, vw = valid
-        if self.input_size is None and (vh, vw) != (ph, pw):
-            logits = logits[:, :vh, :vw]  # drop the padding
+        vh, vw, th, tw = valid
+        if (vh, vw) != (th, tw):
+            # Drop the padding, at the logits' own resolution (often a fraction of the input).
+            logits = logits[:, :-(-vh * ph // th), :-(-vw * pw // tw)]
         h, w = image[0].shape[:2]
         resize = tuple(logits.shape[1:]) != (h, w)
         if resize and self.upsample == 'logits':
