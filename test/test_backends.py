@@ -423,7 +423,10 @@ def test_ultralytics_saved_model(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / 'yolo-seg.pt'
     YOLO('yolov8n-seg.yaml').save(str(path))
-    model = create_model('ultralytics', weights=str(path), conf=0.0, max_det=20)
+    with pytest.raises(ModelError, match='pickle'):
+        create_model('ultralytics', weights=str(path))
+    model = create_model('ultralytics', weights=str(path), conf=0.0, max_det=20,
+                         allow_pickle=True)
     assert model.num_classes == 81 and model.class_set == 'coco'
     assert model.preprocess.size_divisor == 32 and model.preprocess.scale == 1 / 255
     with torch.inference_mode():
@@ -433,7 +436,7 @@ def test_ultralytics_saved_model(tmp_path):
     assert [r.shape for r in result] == [(96, 128), (72, 100), (96, 128)]
     assert max(r.max() for r in result) <= 80
     # The default threshold keeps none of an untrained model's detections: all background.
-    quiet = create_model('ultralytics', weights=str(path))
+    quiet = create_model('ultralytics', weights=str(path), allow_pickle=True)
     assert all((r == 0).all() for r in labels(quiet, classes.load('coco')))
 
 
@@ -444,7 +447,8 @@ def test_ultralytics_end_to_end_head(tmp_path):
     yolo.model.end2end = True
     path = tmp_path / 'e2e.pt'
     yolo.save(str(path))
-    model = create_model('ultralytics', weights=str(path), conf=0.0, max_det=5)
+    model = create_model('ultralytics', weights=str(path), conf=0.0, max_det=5,
+                         allow_pickle=True)
     assert model.net.model[-1].end2end
     with torch.inference_mode():
         out = model(torch.rand(1, 3, 64, 64))
@@ -455,7 +459,7 @@ def test_ultralytics_rejects_other_tasks():
     with pytest.raises(ModelError, match='detect'):
         create_model('ultralytics', weights='yolov8n.yaml')
     with pytest.raises(ModelError, match='does not exist'):
-        create_model('ultralytics', weights='yolov8n-seg.pt')
+        create_model('ultralytics', weights='yolov8n-seg.pt', allow_pickle=True)
 
 
 # Missing optional libraries.

@@ -45,11 +45,17 @@ OUTPUT_NAMES = ('label', 'color', 'overlay', 'drivable', 'confidence')
 RELIABILITY = ('reliable', 'best_effort')
 
 PARAMETERS = (
-    Spec('model.backend', 'espnet', 'Model backend: a name of the model registry '
-         '(espnet, espnetv2, torchscript, ...).'),
+    Spec('model.backend', 'espnet', 'Model backend: espnet (CamVid), espnetv2 (Cityscapes), '
+         'torchscript, export (.pt2), onnx, torchvision, huggingface, smp, ultralytics. See '
+         'docs/MODELS.md.'),
     Spec('model.weights', '', 'Weights or model file. Empty: the published weights of the '
          'built-in model, from the cache directory (SEMSEG_ROS_CACHE) or downloaded once.'),
     Spec('model.download', True, 'Allow downloading published weights missing from the cache.'),
+    Spec('model.options', '', 'Backend options as a YAML mapping, e.g. "{name: '
+         'deeplabv3_resnet50}" (torchvision), "{arch: unet, encoder: resnet34, classes: 5}" '
+         '(smp), "{conf: 0.4}" (ultralytics), "{providers: [CPUExecutionProvider]}" (onnx).'),
+    Spec('model.allow_pickle', False, 'Allow model files that are Python pickles (Ultralytics '
+         '.pt): they can run code when loaded. Only for files you trust.'),
     Spec('model.input_width', 0, 'Width the model runs at; 0 = the model default (or the '
          'frame width for models without one).', low=0, high=8192),
     Spec('model.input_height', 0, 'Height the model runs at; 0 = the model default (or the '
@@ -144,6 +150,8 @@ class Settings:
     backend: str = 'espnet'
     weights: str = ''
     download: bool = True
+    options: dict = field(default_factory=dict)
+    allow_pickle: bool = False
     input_size: Optional[Tuple[int, int]] = None
     upsample: str = 'logits'
     device: str = 'auto'
@@ -200,6 +208,14 @@ def check(name, value):
             raise SettingsError(
                 f"parameter device: {value!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
         value = text
+    if name == 'model.options' and value.strip():
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SettingsError(f'parameter model.options: not YAML: {exc}') from None
+        if not isinstance(parsed, dict):
+            raise SettingsError('parameter model.options: expected a YAML mapping like '
+                                f'"{{key: value}}", got {value!r}')
     if name == 'model.backend' and not value.strip():
         raise SettingsError('parameter model.backend: empty; name a backend')
     return value
@@ -230,6 +246,8 @@ def from_values(values):
         backend=v['model.backend'].strip(),
         weights=v['model.weights'].strip(),
         download=v['model.download'],
+        options=yaml.safe_load(v['model.options']) if v['model.options'].strip() else {},
+        allow_pickle=v['model.allow_pickle'],
         input_size=(width, height) if width else None,
         upsample=v['model.upsample'],
         device=v['device'],

@@ -29,7 +29,7 @@ import torch
 from torchvision.ops import batched_nms
 
 DEFAULTS = {'weights': '', 'download': True, 'conf': 0.25, 'iou': 0.7, 'max_det': 100,
-            'imgsz': 0}
+            'imgsz': 0, 'allow_pickle': False}
 MASK_THRESHOLD = 0.5
 MIN_MARGIN = 1e-3
 TINY = 1e-6
@@ -141,7 +141,9 @@ def build(options):
     Options: ``weights`` (.pt file or model .yaml; required), ``conf`` (score threshold,
     0.25), ``iou`` (NMS overlap, 0.7), ``max_det`` (instances per frame, 100), ``imgsz``
     (square input size the model runs at; 0 = the frame's own size, padded to the stride).
-    ``download`` is accepted and ignored: nothing is downloaded.
+    ``download`` is accepted and ignored: nothing is downloaded. A ``.pt`` file is a Python
+    pickle that can run code when loaded: it is refused unless ``allow_pickle`` is true
+    (parameter model.allow_pickle), which you set only for files you trust.
     """
     opts = check_options('ultralytics', options, DEFAULTS)
     path = os.path.expanduser(str(opts['weights'] or ''))
@@ -152,6 +154,9 @@ def build(options):
     if not is_config and not os.path.isfile(path):
         raise ModelError(f'YOLO model file {path} does not exist (nothing is downloaded: '
                          'place the .pt file there)')
+    if not is_config and not opts['allow_pickle']:
+        raise ModelError(f'{path} is an Ultralytics .pt file, a Python pickle that can run '
+                         'code when loaded: set model.allow_pickle: true if you trust it')
     if not 0.0 <= float(opts['conf']) <= 1.0 or not 0.0 < float(opts['iou']) <= 1.0:
         raise ModelError('ultralytics backend: conf must be in 0..1 and iou in (0, 1]')
     if int(opts['max_det']) < 1:
