@@ -7,13 +7,16 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch.substitutions import PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 
 def generate_launch_description():
-    """Return the launch description: camera_source -> semseg."""
+    """Return the launch description: camera_source -> semseg, in one namespace."""
     source = LaunchConfiguration('source')
     rate = LaunchConfiguration('rate')
+    namespace = LaunchConfiguration('namespace')
+    image_topic = LaunchConfiguration('image_topic')
     return LaunchDescription([
         DeclareLaunchArgument(
             'source', default_value='',
@@ -21,12 +24,22 @@ def generate_launch_description():
                         'pattern'),
         DeclareLaunchArgument(
             'rate', default_value='10.0', description='Camera rate in Hz'),
+        DeclareLaunchArgument(
+            'namespace', default_value='',
+            description='Namespace of the camera source and of the segmentation node'),
+        DeclareLaunchArgument(
+            'image_topic', default_value='image',
+            description='Image topic between the camera source and the node'),
         Node(
             package='semseg_ros',
             executable='camera_source',
             name='camera_source',
+            namespace=namespace,
             output='screen',
-            parameters=[{'source': source, 'rate': rate, 'loop': True, 'count': 0}],
+            parameters=[{'source': ParameterValue(source, value_type=str),
+                         'rate': ParameterValue(rate, value_type=float),
+                         'loop': True, 'count': 0}],
+            remappings=[('image', image_topic)],
         ),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(PathJoinSubstitution(

@@ -416,6 +416,8 @@ class SegmentationNode(LifecycleNode):
             try:
                 self._process(batch)
             except Exception as exc:  # noqa: B902 - the worker must survive any frame
+                if self._stop or not self.context.ok():
+                    return  # shutting down: the context is gone, nothing to report
                 for camera, _ in batch:
                     self._fail(camera, f'processing failed: {type(exc).__name__}: {exc}')
 
