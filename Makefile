@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export ROS_LOG_DIR ?= $(abspath $(VENV))/ros_log
 STAMP := $(VENV)/.semseg_ros_installed
-SOURCES := $(shell git ls-files --cached --others --exclude-standard 2>/dev/null | grep -vE '^(test|docs|benchmarks)/' || find semseg_ros launch config -type f)
+SOURCES := $(wildcard $(shell git ls-files --cached --others --exclude-standard 2>/dev/null | grep -vE '^(test|docs|benchmarks)/'))
 
 .PHONY: venv demo test lint bench-engine clean
 
