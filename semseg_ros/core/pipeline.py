@@ -1,4 +1,5 @@
-"""Build the Segmenter that a Settings object describes (shared by the node and the tools).
+"""
+Build the Segmenter that a Settings object describes (shared by the node and the tools).
 
 ROS-free: the live node and the offline bag tool call the same functions, so one params file
 gives the same model, class set, drivable classes and engine options in both.
@@ -8,26 +9,38 @@ from semseg_ros.core import classes as class_sets
 from semseg_ros.core.engine import Segmenter
 from semseg_ros.core.models import create_model
 
-# Backends that take the 'download' option.
-DOWNLOAD_BACKENDS = ('espnet', 'espnetv2')
+# Backends that download published weights (the 'download' option).
+DOWNLOAD_BACKENDS = ('espnet', 'espnetv2', 'torchvision', 'huggingface')
+# Backends that can load pickled model files (the 'allow_pickle' option).
+PICKLE_BACKENDS = ('ultralytics',)
 
 
 def build_model(settings):
-    """Create the model named by settings.backend with its weights."""
-    options = {'weights': settings.weights}
+    """Create the model named by settings.backend with its weights and model.options."""
+    options = dict(settings.options)
+    options['weights'] = settings.weights
     if settings.backend in DOWNLOAD_BACKENDS:
         options['download'] = settings.download
+    if settings.backend in PICKLE_BACKENDS:
+        options['allow_pickle'] = settings.allow_pickle
     return create_model(settings.backend, **options)
 
 
 def load_classes(settings, model):
-    """Return (base, classes): the class set, and the same with drivable_classes applied.
+    """
+    Return (base, classes): the class set, and the same with drivable_classes applied.
 
-    The class set is settings.classes, else the model's own, else a generic one; the node
+    The class set is settings.classes, else the model's class-set name, else the classes the
+    model carries, else a generic one; the node
     keeps `base` to apply later changes of drivable_classes.
     """
     name = settings.classes or model.class_set
-    base = class_sets.load(name) if name else class_sets.generic(model.num_classes)
+    if name:
+        base = class_sets.load(name)
+    elif getattr(model, 'classes', None) is not None:
+        base = model.classes  # the model's own names (Hugging Face id2label, YOLO names)
+    else:
+        base = class_sets.generic(model.num_classes)
     classes = base.with_drivable(settings.drivable_classes) if settings.drivable_classes \
         else base
     return base, classes
@@ -45,7 +58,8 @@ def describe(segmenter, settings):
 
 
 def build_segmenter(settings, log=None):
-    """Build the model, class set and Segmenter of settings; log(line) gets a summary line.
+    """
+    Build the model, class set and Segmenter of settings; log(line) gets a summary line.
 
     Errors propagate (ModelError, ClassSetError, EngineError, OSError): the caller decides
     whether they are fatal.

@@ -52,6 +52,7 @@ class SegmentationModel(torch.nn.Module):
     num_classes: int = 0
     preprocess: Preprocess = Preprocess()
     class_set: Optional[str] = None
+    classes = None  # a ClassSet the model carries (its own class names), if any
     name: str = 'model'
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
