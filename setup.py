@@ -40,6 +40,8 @@ setup(
             'camera_source = semseg_ros.tools.camera_source:main',
             'semseg-ros-demo = semseg_ros.tools.demo:main',
             'semseg-ros-eval = semseg_ros.tools.evaluate:main',
+            'semseg-ros-bag = semseg_ros.tools.bag:main',
+            'semseg-ros-replay = semseg_ros.tools.replay:main',
         ],
     },
 )

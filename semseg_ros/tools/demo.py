@@ -25,15 +25,19 @@ from sensor_msgs.msg import Image
 
 
 def default_params_file():
-    """Return the installed config/semseg.yaml, or the source tree's."""
+    """Return the installed config/semseg.yaml (ament index, then this prefix) or the source's."""
+    candidates = []
     try:
         from ament_index_python.packages import get_package_share_directory
-        path = Path(get_package_share_directory('semseg_ros')) / 'config' / 'semseg.yaml'
+        candidates.append(Path(get_package_share_directory('semseg_ros')))
+    except Exception:  # noqa: B902 - no ament index (AMENT_PREFIX_PATH unset)
+        pass
+    candidates += [Path(sys.prefix) / 'share' / 'semseg_ros', Path(__file__).resolve().parents[2]]
+    for folder in candidates:
+        path = folder / 'config' / 'semseg.yaml'
         if path.is_file():
             return str(path)
-    except Exception:  # noqa: B902 - no ament index: fall back to the source tree
-        pass
-    return str(Path(__file__).resolve().parents[2] / 'config' / 'semseg.yaml')
+    return str(candidates[-1] / 'config' / 'semseg.yaml')
 
 
 class OverlayRecorder(Node):
