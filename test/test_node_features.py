@@ -20,6 +20,7 @@ from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from test_node_integration import Channels
+from test_node_integration import diagnostics_status
 from test_node_integration import diagnostics_values
 from test_node_integration import expected_labels
 from test_node_integration import Harness
@@ -194,8 +195,10 @@ def test_compressed_input(tiny_model):
         header = Header(frame_id='cam', stamp=harness.node.get_clock().now().to_msg())
         pub.publish(CompressedImage(header=header, format='png', data=frames['png']))
         harness.wait_outputs(header, ('label',))
-        values = diagnostics_values(harness, 'errors')
-        assert int(values['errors']) >= 1
+        status = diagnostics_status(harness, lambda st: any(
+            kv.key == 'errors' and kv.value != '0' for kv in st.values))
+        values = {kv.key: kv.value for kv in status.values}
+        assert values['last error'].startswith('bad image'), values
     finally:
         harness.close()
         stop_node(process)
