@@ -4,7 +4,9 @@ The node's ground grid: camera_info per camera, camera poses, the fused grid and
 Thin ROS wiring around `semseg_ros.core.ground`: each camera's lookup is rebuilt only when its
 camera_info or pose changes; per frame the drivable masks are gathered into the grid, fused
 across cameras, and published as nav_msgs/OccupancyGrid (`segmentation/drivable_grid`) and
-sensor_msgs/PointCloud2 (`segmentation/obstacles`) with the image stamp.
+sensor_msgs/PointCloud2 (`segmentation/obstacles`: non-drivable cells, for marking;
+`segmentation/free_space`: the far edge of the drivable area, for clearing) with the image
+stamp.
 """
 
 import threading
@@ -17,6 +19,7 @@ from sensor_msgs.msg import PointCloud2
 
 GRID_TOPIC = 'segmentation/drivable_grid'
 OBSTACLES_TOPIC = 'segmentation/obstacles'
+FREE_SPACE_TOPIC = 'segmentation/free_space'
 
 
 class GridError(RuntimeError):
@@ -46,6 +49,8 @@ class GroundGrid:
         self.lock = threading.Lock()
         self.grid_pub = node.create_lifecycle_publisher(OccupancyGrid, GRID_TOPIC, qos)
         self.cloud_pub = node.create_lifecycle_publisher(PointCloud2, OBSTACLES_TOPIC, qos)
+        self.free_pub = node.create_lifecycle_publisher(PointCloud2, FREE_SPACE_TOPIC, qos)
+        self.publishers = (self.grid_pub, self.cloud_pub, self.free_pub)
         self.subscriptions = []
         self.tf_buffer = None
         self.tf_timer = None
@@ -62,9 +67,8 @@ class GroundGrid:
             self.tf_timer = node.create_timer(1.0, self._refresh_tf)
 
     def wanted(self):
-        """Return True when the grid or the obstacle cloud has a subscriber."""
-        return (self.grid_pub.get_subscription_count() > 0
-                or self.cloud_pub.get_subscription_count() > 0)
+        """Return True when the grid or one of the clouds has a subscriber."""
+        return any(pub.get_subscription_count() > 0 for pub in self.publishers)
 
     def subscribe(self, qos):
         """Subscribe to each camera's camera_info."""
@@ -82,8 +86,8 @@ class GroundGrid:
     def destroy(self):
         """Destroy subscriptions, publishers and the TF timer."""
         self.unsubscribe()
-        self.node.destroy_lifecycle_publisher(self.grid_pub)
-        self.node.destroy_lifecycle_publisher(self.cloud_pub)
+        for pub in self.publishers:
+            self.node.destroy_lifecycle_publisher(pub)
         if self.tf_timer is not None:
             self.node.destroy_timer(self.tf_timer)
 
@@ -167,6 +171,9 @@ class GroundGrid:
             points = ground.obstacle_points(fused, self.spec,
                                             boundary=self.settings.obstacles == 'boundary')
             self.cloud_pub.publish(nav.points_to_cloud(points, latest, self.spec.frame_id))
+        if self.free_pub.get_subscription_count() > 0:
+            points = ground.free_points(fused, self.spec, frontier=True)
+            self.free_pub.publish(nav.points_to_cloud(points, latest, self.spec.frame_id))
 
 
 def rclpy_time_zero():

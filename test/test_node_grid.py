@@ -58,10 +58,11 @@ def test_grid_and_obstacles(tmp_path):
         'diagnostics_period:=0.3')
     harness = Harness(domain, outputs=())
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    grids, clouds = [], []
+    grids, clouds, free = [], [], []
     harness.node.create_subscription(OccupancyGrid, 'segmentation/drivable_grid',
                                      grids.append, qos)
     harness.node.create_subscription(PointCloud2, 'segmentation/obstacles', clouds.append, qos)
+    harness.node.create_subscription(PointCloud2, 'segmentation/free_space', free.append, qos)
     info_pub = harness.node.create_publisher(CameraInfo, 'camera_info', qos)
     try:
         # Before camera_info: the grid says what it waits for.
@@ -83,7 +84,7 @@ def test_grid_and_obstacles(tmp_path):
             sent = harness.send(scene(), 'rgb8', stamp=header.stamp,
                                 frame_id='camera_optical_frame')
             harness.spin(0.5)
-            if any(g.header.stamp == sent.stamp for g in grids) and clouds:
+            if any(g.header.stamp == sent.stamp for g in grids) and clouds and free:
                 break
         else:
             raise AssertionError('no grid came back after camera_info')
@@ -108,3 +109,5 @@ def test_grid_and_obstacles(tmp_path):
     points = nav.cloud_to_points(cloud)
     assert cloud.header.frame_id == 'base_link' and len(points) > 0
     assert (points[:, 0] > 0).all()
+    edge = nav.cloud_to_points(free[0])
+    assert len(edge) > 0 and edge[:, 0].max() < points[:, 0].max()
