@@ -43,8 +43,10 @@ from semseg_ros.core.engine import Frame
 from semseg_ros.grid import GroundGrid
 from semseg_ros.io.image import array_to_image
 from semseg_ros.io.image import compressed_to_array
+from semseg_ros.io.image import compressed_to_tensor
 from semseg_ros.io.image import image_to_array
 from semseg_ros.io.image import ImageError
+from semseg_ros.io.image import is_jpeg
 from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -421,9 +423,11 @@ class SegmentationNode(LifecycleNode):
                 for camera, _ in batch:
                     self._fail(camera, f'processing failed: {type(exc).__name__}: {exc}')
 
-    @staticmethod
-    def _decode(msg):
+    def _decode(self, msg):
         if isinstance(msg, CompressedImage):
+            device = self.segmenter.device
+            if device.type == 'cuda' and self.settings.decode_on_device and is_jpeg(msg):
+                return compressed_to_tensor(msg, device)  # nvjpeg: stays on the GPU
             return compressed_to_array(msg)
         return image_to_array(msg)
 

@@ -205,3 +205,37 @@ def test_padding_is_cropped_at_the_logits_resolution():
     assert out['label'].shape == (24, 36)
     assert (out['label'] == expected_labels(24, 36)).mean() > 0.9
     assert (out['label'][:, -4:] == 2).all()  # the blue band reaches the right edge
+
+
+def test_tensor_frames_decoded_on_the_device_give_the_same_labels():
+    # What the node feeds on CUDA after nvjpeg decoding: an (H, W, 3) uint8 tensor.
+    img = stripes()
+    seg = make()
+    from_tensor = seg.process([Frame(torch.from_numpy(img), 'rgb')], ('label',))[0]['label']
+    assert np.array_equal(from_tensor, expected_labels())
+
+
+def test_compile_switch_compiles_the_forward(monkeypatch):
+    calls = []
+
+    def fake_compile(function, **kwargs):
+        calls.append(kwargs)
+        return function
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    seg = make(compiled=True)
+    assert calls == [{'dynamic': True}]
+    assert np.array_equal(seg.process([Frame(stripes(), 'rgb')], ('label',))[0]['label'],
+                          expected_labels())
+
+
+def test_same_shaped_frames_of_one_batch_use_separate_staging_buffers():
+    from semseg_ros.core.engine import _Uploader
+    upload = _Uploader(torch.device('cpu'))
+    upload._alloc = lambda shape, dtype: torch.empty(shape, dtype=dtype)  # no pinning on CPU
+    a = upload.stage(torch.zeros(4, 4, 3, dtype=torch.uint8))
+    b = upload.stage(torch.ones(4, 4, 3, dtype=torch.uint8))
+    assert a.data_ptr() != b.data_ptr() and int(a.sum()) == 0
+    upload.reset()
+    c = upload.stage(torch.full((4, 4, 3), 2, dtype=torch.uint8))
+    assert c.data_ptr() == a.data_ptr()

@@ -464,3 +464,20 @@ def test_any_message_converts_or_raises_image_error(msg):
         result, color = image_to_array(msg)
         assert result.shape == shape
         assert color in ('rgb', 'bgr', 'rgba', 'bgra', 'mono')
+
+
+def test_jpeg_decoded_as_a_tensor_matches_opencv():
+    from semseg_ros.io.image import compressed_to_tensor
+    from semseg_ros.io.image import is_jpeg
+    img = (np.random.default_rng(3).random((48, 64, 3)) * 255).astype(np.uint8)
+    ok, data = cv2.imencode('.jpg', img)
+    msg = CompressedImage(format='jpeg', data=data.tobytes())
+    assert is_jpeg(msg)
+    tensor, color = compressed_to_tensor(msg, 'cpu')
+    array, _ = compressed_to_array(msg)
+    assert color == 'rgb' and tuple(tensor.shape) == (48, 64, 3)
+    assert np.abs(tensor.numpy().astype(int) - array[:, :, ::-1].astype(int)).max() <= 1
+    with pytest.raises(ImageError, match='not JPEG'):
+        compressed_to_tensor(CompressedImage(format='png', data=b'\x89PNG\r\n\x1a\nxx'), 'cpu')
+    with pytest.raises(ImageError, match='cannot decode JPEG'):
+        compressed_to_tensor(CompressedImage(format='jpeg', data=b'\xff\xd8\xffgarbage'), 'cpu')

@@ -57,14 +57,27 @@ def select_device(spec='auto'):
 
 
 class _Uploader:
-    """Host to device copies: zero-copy on the CPU, pinned staging + non_blocking on CUDA."""
+    """
+    Host to device copies: zero-copy on the CPU, pinned staging + non_blocking on CUDA.
+
+    Each frame of one batch gets its own staging buffer (an asynchronous copy may still be
+    reading the previous one); `reset` starts a new batch, once the last one has synchronised.
+    Tensors (e.g. JPEG decoded on the device) are only moved to the device.
+    """
 
     def __init__(self, device, pinned=True):
         self.device = device
         self.pinned = pinned and device.type == 'cuda'
         self._staging = {}
+        self._used = {}
+
+    def reset(self):
+        """Start a new batch: staging buffers may be reused."""
+        self._used.clear()
 
     def __call__(self, array):
+        if isinstance(array, torch.Tensor):
+            return array.to(self.device)
         if any(stride < 0 for stride in array.strides):
             array = np.ascontiguousarray(array)  # torch rejects negative strides
         host = torch.from_numpy(array)
@@ -72,13 +85,27 @@ class _Uploader:
             return host
         if not self.pinned:
             return host.to(self.device)
+        return self.stage(host).to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _alloc(shape, dtype):
+        return torch.empty(shape, dtype=dtype).pin_memory()
+
+    def stage(self, host):
+        """Copy a host tensor into this batch's own staging buffer of its shape."""
         key = (tuple(host.shape), host.dtype)
-        buffer = self._staging.get(key)
-        if buffer is None:
-            buffer = torch.empty(host.shape, dtype=host.dtype).pin_memory()
-            self._staging[key] = buffer
-        buffer.copy_(host)
-        return buffer.to(self.device, non_blocking=True)
+        slot = self._used.get(key, 0)
+        self._used[key] = slot + 1
+        buffers = self._staging.setdefault(key, [])
+        if slot == len(buffers):
+            buffers.append(self._alloc(host.shape, host.dtype))
+        return buffers[slot].copy_(host)
+
+
+def compile_model(model):
+    """Replace the model's forward by its torch.compile'd version (shapes may vary)."""
+    model.forward = torch.compile(model.forward, dynamic=True)
+    return model
 
 
 def _synchronize(device):
@@ -92,7 +119,7 @@ class Segmenter:
 
     def __init__(self, model, classes, device='auto', precision='fp32', input_size=None,
                  upsample='logits', channels_last=False, overlay_alpha=0.5, warmup=True,
-                 pinned_memory=True):
+                 pinned_memory=True, compiled=False):
         """
         Put the model on the device, check it against the class set and warm it up.
 
@@ -114,6 +141,8 @@ class Segmenter:
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if compiled:
+            compile_model(self.model)
         spec = model.preprocess
         self.preprocess = spec
         size = tuple(input_size) if input_size else spec.input_size
@@ -176,8 +205,11 @@ class Segmenter:
             array = array[:, :, None]
         if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape:
             raise EngineError(f'frame must be (H, W), (H, W, 1|3|4) and not empty, '
-                              f'got {array.shape}')
-        if array.dtype not in (np.uint8, np.uint16):
+                              f'got {tuple(array.shape)}')
+        dtype = array.dtype
+        if isinstance(array, torch.Tensor):
+            dtype = {torch.uint8: np.uint8, torch.uint16: np.uint16}.get(dtype, dtype)
+        if dtype not in (np.uint8, np.uint16):
             raise EngineError(f'frame dtype must be uint8 or uint16, got {array.dtype}')
         hwc = self._upload(array)
         channels = hwc.shape[2]
@@ -299,6 +331,7 @@ class Segmenter:
             return [{} for _ in frames]
         with self._lock, torch.inference_mode():
             t0 = time.perf_counter()
+            self._upload.reset()
             uploaded = [self._to_chw(f) for f in frames]
             batches = self._batch([chw for _, chw in uploaded])
             _synchronize(self.device)

@@ -70,6 +70,10 @@ PARAMETERS = (
     Spec('channels_last', False, 'Use the channels_last memory format (faster convolutions '
          'on recent GPUs).'),
     Spec('warmup', True, 'Run one blank frame through the model at start-up.'),
+    Spec('compile', False, 'torch.compile the model (CUDA: faster inference after a slow first '
+         'frame; warmup then pays the compile time at start-up).'),
+    Spec('decode_on_device', True, 'With compressed JPEG input on CUDA, decode on the GPU '
+         '(nvjpeg) so the frame goes to the device compressed; other cases decode with OpenCV.'),
     Spec('classes', '', 'Class set: a name in config/classes (camvid, cityscapes) or a YAML '
          "path. Empty: the model's own class set."),
     Spec('drivable_classes', [''], 'Names (or ids) of the drivable classes; empty: the '
@@ -158,6 +162,8 @@ class Settings:
     precision: str = 'fp32'
     channels_last: bool = False
     warmup: bool = True
+    compiled: bool = False
+    decode_on_device: bool = True
     classes: str = ''
     drivable_classes: Tuple[str, ...] = ()
     overlay_alpha: float = 0.5
@@ -254,6 +260,8 @@ def from_values(values):
         precision=v['precision'],
         channels_last=v['channels_last'],
         warmup=v['warmup'],
+        compiled=v['compile'],
+        decode_on_device=v['decode_on_device'],
         classes=v['classes'].strip(),
         drivable_classes=tuple(v['drivable_classes']),
         overlay_alpha=v['overlay_alpha'],

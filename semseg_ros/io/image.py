@@ -239,6 +239,37 @@ def compressed_to_array(msg):
     raise ImageError(f'decoded image has {channels} channels; expected 1, 3 or 4')
 
 
+def is_jpeg(msg):
+    """Return True when a CompressedImage holds JPEG data (checked on the bytes)."""
+    return _buffer(msg.data)[:3].tobytes() == _JPEG_MAGIC
+
+
+def compressed_to_tensor(msg, device):
+    """
+    Decode a JPEG CompressedImage on a torch device (nvjpeg on CUDA): (H x W x 3 'rgb').
+
+    The CUDA path keeps the frame on the GPU from decode to inference. On other devices
+    torchvision's CPU decoder runs (the same libjpeg results as OpenCV, give or take rounding).
+    Raises ImageError for non-JPEG or undecodable data.
+    """
+    import torch
+    from torchvision.io import decode_jpeg
+    from torchvision.io import ImageReadMode
+
+    data = _buffer(msg.data)
+    if data[:3].tobytes() != _JPEG_MAGIC:
+        raise ImageError(f"compressed data (format '{msg.format}') is not JPEG")
+    size = _compressed_size(data)
+    if size is not None:
+        _check_size(size[0], size[1])
+    try:
+        chw = decode_jpeg(torch.from_numpy(data.copy()), mode=ImageReadMode.RGB,
+                          device=device)
+    except RuntimeError as error:
+        raise ImageError(f"cannot decode JPEG (format '{msg.format}'): {error}") from None
+    return chw.permute(1, 2, 0), 'rgb'
+
+
 def array_to_image(array, encoding, header=None):
     """
     Build a sensor_msgs/Image from an H x W x C (or H x W) array.
