@@ -30,6 +30,7 @@ from rcl_interfaces.msg import IntegerRange
 from rcl_interfaces.msg import ParameterDescriptor
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy
@@ -86,8 +87,10 @@ def descriptor(spec):
     text = spec.description
     if spec.choices:
         text += ' One of: ' + ', '.join(spec.choices) + '.'
+    # dynamic_typing: settings.check validates types itself, with the parameter's name.
     desc = ParameterDescriptor(description=text, read_only=spec.read_only,
-                               additional_constraints=CHANGE_NOTES[spec.change])
+                               additional_constraints=CHANGE_NOTES[spec.change],
+                               dynamic_typing=True)
     if spec.low is not None and spec.value_type is int:
         desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
                                            step=1)]
@@ -192,15 +195,30 @@ class SegmentationNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         super().__init__('semseg', **kwargs)
+        startup_errors = []
         for spec in cfg.PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, descriptor(spec))
-        self.settings = cfg.from_values(
-            {s.name: self.get_parameter(s.name).value
-             for s in cfg.PARAMETERS if s.change == 'restart'})
+            try:
+                self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            except ParameterException as exc:  # an override out of range (rclpy checks it)
+                startup_errors.append(f'parameter {spec.name}: {exc}')
+                self.declare_parameter(spec.name, spec.default, descriptor(spec),
+                                       ignore_override=True)
+        restart = {s.name: self.get_parameter(s.name).value
+                   for s in cfg.PARAMETERS if s.change == 'restart'}
+        try:
+            self.settings = cfg.from_values(restart)
+        except cfg.SettingsError as exc:
+            startup_errors.append(str(exc))
+            self.settings = cfg.from_values({})
         self._declare_camera_poses()
         self.segmenter = None
         self.base_classes = None
         self.error = ''
+        if startup_errors:
+            self.error = 'invalid parameters at start-up: ' + '; '.join(startup_errors)
+            self.get_logger().error(
+                f'{self.error}. The node stays unconfigured: restart with valid values (or set '
+                'them and trigger configure).')
         self.cameras = []
         self.grid = None
         self._cond = threading.Condition()
@@ -209,7 +227,7 @@ class SegmentationNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
-        if self.settings.autostart:
+        if self.settings.autostart and not self.error:
             self.trigger_configure()
             if self.segmenter is not None:
                 self.trigger_activate()
@@ -365,6 +383,9 @@ class SegmentationNode(LifecycleNode):
                         reason=f'{name} takes effect on configure: deactivate and clean up the '
                                'node first (or restart it)')
                 cfg.check(name, value)
+            if not configured:
+                # Checked one by one: configure validates the whole set (e.g. width with height).
+                return SetParametersResult(successful=True)
             values = {**self.settings.values, **changes}
             new = cfg.from_values({k: v for k, v in values.items() if k in cfg.SPECS})
             if configured:
@@ -374,7 +395,7 @@ class SegmentationNode(LifecycleNode):
                         base.with_drivable(new.drivable_classes) if new.drivable_classes
                         else base)
                 self.segmenter.set_overlay_alpha(new.overlay_alpha)
-        except ValueError as exc:  # SettingsError, ClassSetError, EngineError
+        except Exception as exc:  # noqa: B902 - a parameter service must never raise
             return SetParametersResult(successful=False, reason=str(exc))
         self.settings = new
         return SetParametersResult(successful=True)

@@ -12,7 +12,7 @@ encodings, and pixel values picked out of the raw bytes by index arithmetic.
 Examples per run (docs/RELIABILITY.md): image_to_array 2000 near-valid + 1500 any fields + 300
 fields of any Python type, compressed_to_array 1000 arbitrary bytes + 1000 corrupted real
 PNG/JPEG, class sets 1000 structures + 200 files, settings 400 (each with every parameter) +
-400 from_values: 7800 in all. Known defects are pinned by strict xfail tests beside them.
+400 from_values: 7800 in all. Inputs that once broke a converter are kept as explicit tests.
 """
 
 import array
@@ -25,7 +25,6 @@ import time
 import zlib
 
 import cv2
-from hypothesis import assume
 from hypothesis import event
 from hypothesis import example
 from hypothesis import given
@@ -270,8 +269,6 @@ def test_image_to_array_any_fields(drawn):
     check_image(*drawn)
 
 
-@pytest.mark.xfail(strict=True, reason='_buffer in semseg_ros/io/image.py converts a list with '
-                   'np.asarray(bytes(data), dtype=np.uint8), which numpy reads as one string')
 def test_list_data_converts():
     msg = Image(encoding='mono8', width=3, height=1, step=3)
     msg._data = [1, 2, 255]  # as a message built in Python, bypassing the setter, can hold
@@ -309,8 +306,6 @@ def test_fields_of_any_python_type_raise_image_error(fields):
     assert result.ndim == 3 and color in ('rgb', 'bgr', 'rgba', 'bgra', 'mono')
 
 
-@pytest.mark.xfail(strict=True, reason='_count in semseg_ros/io/image.py lets the OverflowError '
-                   'of int(inf) through instead of raising ImageError')
 @pytest.mark.parametrize('field', ['_width', '_height', '_step'])
 def test_infinite_size_field_raises_image_error(field):
     msg = Image(encoding='mono8', width=2, height=2, step=2, data=bytes(4))
@@ -404,9 +399,9 @@ def set_jpeg_size(data, width, height):
 
 png_sizes = st.one_of(st.integers(0, 70), st.sampled_from([MAX_SIDE, MAX_SIDE + 1, 65535]),
                       st.integers(0, UINT32_MAX))
-# JPEG decoders fill missing data with gray, so a claimed size up to MAX_SIDE really decodes
-# (see test_jpeg_size_bomb_is_rejected): keep those small here, and test the ones above.
-jpeg_sizes = st.one_of(st.integers(0, 300), st.sampled_from([MAX_SIDE + 1, 65535]))
+# Claimed sizes far beyond what the data encodes are refused before decoding
+# (test_jpeg_size_bomb_is_rejected).
+jpeg_sizes = st.one_of(st.integers(0, 300), st.sampled_from([MAX_SIDE, MAX_SIDE + 1, 65535]))
 
 
 @st.composite
@@ -452,9 +447,6 @@ def test_compressed_corrupted_real_images(encoded, data):
             np.testing.assert_array_equal(decoded.reshape(image.shape), image)
 
 
-@pytest.mark.xfail(strict=True, reason='compressed_to_array decodes a JPEG whose header claims '
-                   'far more pixels than its data can hold: libjpeg fills the rest with gray '
-                   '(a 650-byte frame claiming 16384x16384 becomes an 805 MB array in 3 s)')
 def test_jpeg_size_bomb_is_rejected():
     ok, encoded = cv2.imencode('.jpg', np.zeros((8, 8, 3), np.uint8))
     assert ok
@@ -519,8 +511,6 @@ def test_class_set_from_any_structure(data):
     check_class_set(data)
 
 
-@pytest.mark.xfail(strict=True, reason='classes.from_dict sorts unknown entry keys of mixed '
-                   'types (sorted({1, "foo"})): TypeError instead of ClassSetError')
 @fuzz(100)
 @example({'classes': [{'id': 0, 'name': 'a', 'color': [0, 0, 0], 1: 'x', 'foo': 2}]})
 @given(class_set_data(st.one_of(entry_keys, st.integers(0, 3), st.booleans())))
@@ -568,13 +558,9 @@ ODD_YAML = ['2001-13-01', '{a: 2001-02-30}', '{a: !!float x}', '{a: !!int x}',
 @fuzz(CLASS_FILE_EXAMPLES)
 @given(class_file_texts())
 def test_class_set_file_with_any_text(text):
-    # Known problem (see test_class_set_file_with_odd_yaml): excluded here.
-    assume(not yaml_fails_oddly(text))
     load_text(text)
 
 
-@pytest.mark.xfail(strict=True, reason='classes.load catches only OSError and YAMLError around '
-                   'yaml.safe_load: ValueError/KeyError/RecursionError escape without the file')
 @pytest.mark.parametrize('text', ODD_YAML + ['name: x\nignore_id: 2001-13-01\nclasses: []'])
 def test_class_set_file_with_odd_yaml(text):
     load_text(text)
@@ -618,11 +604,6 @@ def values_for(spec):
     return st.one_of(*options)
 
 
-def odd_options(value):
-    """Return True for model.options text that trips the known YAML problem."""
-    return isinstance(value, str) and yaml_fails_oddly(value)
-
-
 def check_one(spec, value):
     """check() returns a valid value of the right type or raises SettingsError naming it."""
     try:
@@ -647,9 +628,6 @@ def check_one(spec, value):
 def test_settings_check_every_parameter(data):
     for spec in cfg.PARAMETERS:
         value = data.draw(values_for(spec), label=spec.name)
-        if spec.name == 'model.options':
-            # Known problem (see test_model_options_odd_yaml): excluded here.
-            assume(not odd_options(value))
         check_one(spec, value)
 
 
@@ -660,7 +638,6 @@ def test_settings_from_any_values(data):
                                max_size=8, unique=True))
     values = {name: data.draw(values_for(cfg.SPECS[name]) if name in cfg.SPECS else any_value,
                               label=name) for name in names}
-    assume(not odd_options(values.get('model.options')))
     try:
         result = cfg.from_values(values)
     except SettingsError as error:
@@ -674,17 +651,12 @@ def test_settings_from_any_values(data):
     assert isinstance(result.options, dict)
 
 
-@pytest.mark.xfail(strict=True, reason='settings.check catches only yaml.YAMLError around '
-                   'yaml.safe_load of model.options: ValueError/KeyError/AttributeError/'
-                   'RecursionError escape, without the parameter name')
 @pytest.mark.parametrize('text', ODD_YAML)
 def test_model_options_odd_yaml(text):
     with pytest.raises(SettingsError, match='model.options'):
         cfg.check('model.options', text)
 
 
-@pytest.mark.xfail(strict=True, reason='settings.check accepts "cuda:" followed by any Unicode '
-                   'digit (str.isdigit): torch then fails at configure without the parameter')
 @pytest.mark.parametrize('value', ['cuda:\u00b2', 'cuda:\u0663'])
 def test_device_index_is_ascii_digits(value):
     with pytest.raises(SettingsError, match='device'):

@@ -393,10 +393,7 @@ def set_all(harness, values):
 
 CONFIG_CASES = [
     'missing weights file', 'truncated weights', 'truncated published weights',
-    pytest.param('corrupt weights', marks=pytest.mark.xfail(
-        strict=True, reason='weights.load_state_dict_file reports random bytes as "not a plain '
-        'state dict: the safe loader refused it" with torch\'s hint to re-run with '
-        'weights_only=False, instead of "truncated, corrupt or not a PyTorch weights file"')),
+    'corrupt weights',
     'corrupt torchscript file', 'sha256 mismatch of a cached file', 'unknown backend',
     'unknown backend option', 'class set not matching the model', 'missing class-set file',
     'unknown class-set name']
@@ -516,9 +513,6 @@ class TestParameters:
             State.PRIMARY_STATE_UNCONFIGURED
         assert process.poll() is None
 
-    @pytest.mark.xfail(strict=True, reason='rclpy refuses a value of the wrong type with '
-                       '"Wrong parameter type, expected ..." without the parameter name; fix: '
-                       'declare with dynamic_typing and let settings.check name it')
     def test_wrong_type_is_refused_naming_the_parameter(self, param_node):
         harness, _, _ = param_node
         unnamed = []
@@ -531,9 +525,6 @@ class TestParameters:
                 unnamed.append((spec.name, result.reason))
         assert not unnamed
 
-    @pytest.mark.xfail(strict=True, reason='SegmentationNode._on_set_parameters validates the '
-                       'input-size pair on every single set: one cannot set model.input_width '
-                       'then model.input_height (what ros2 param set does)')
     def test_input_size_can_be_set_one_parameter_at_a_time(self, param_node):
         harness, _, _ = param_node
         try:
@@ -545,9 +536,6 @@ class TestParameters:
         assert get_values(harness, ['model.input_width'])['model.input_width'][2] == 0
 
     # Last in the class: today the second case kills the node.
-    @pytest.mark.xfail(strict=True, reason='settings.check lets the ValueError/KeyError of '
-                       'yaml.safe_load through: the reason does not name model.options, and a '
-                       'KeyError escapes the parameter service and kills the node')
     @pytest.mark.parametrize('text', ['2001-13-01', '{a: !!bool x}'])
     def test_odd_model_options_yaml(self, param_node, text):
         harness, process, _ = param_node
@@ -566,16 +554,9 @@ class TestParameters:
 # Invalid values given at start-up (-p): the node must not crash.
 STARTUP_CASES = [
     pytest.param('model.upsample', 'sideways', id='configure-time choice'),
-    pytest.param('overlay_alpha', '2.0', id='out of range', marks=pytest.mark.xfail(
-        strict=True, reason='rclpy declare_parameter raises InvalidParameterValueException in '
-        'SegmentationNode.__init__: exit with a traceback')),
-    pytest.param('input_transport', 'carrier_pigeon', id='read-only choice',
-                 marks=pytest.mark.xfail(strict=True, reason='cfg.from_values in '
-                                         'SegmentationNode.__init__ raises SettingsError: '
-                                         'exit with a traceback')),
-    pytest.param('grid.width', '1.5', id='wrong type', marks=pytest.mark.xfail(
-        strict=True, reason='rclpy declare_parameter raises InvalidParameterTypeException in '
-        'SegmentationNode.__init__: exit with a traceback')),
+    pytest.param('overlay_alpha', '2.0', id='out of range'),
+    pytest.param('input_transport', 'carrier_pigeon', id='read-only choice'),
+    pytest.param('grid.width', '1.5', id='wrong type'),
     pytest.param('overlay_alpha', 'opaque', id='wrong type of a params-file entry',
                  marks=pytest.mark.xfail(strict=True, reason='rcl merges the -p string into '
                                          "the params file's double: the file value wins, "

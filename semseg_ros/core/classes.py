@@ -121,7 +121,7 @@ def from_dict(data, source='<memory>'):
             raise ClassSetError(f'{where}: missing {", ".join(missing)}')
         unknown = set(entry) - {'id', 'name', 'color', 'drivable'}
         if unknown:
-            raise ClassSetError(f'{where}: unknown keys {sorted(unknown)}')
+            raise ClassSetError(f'{where}: unknown keys {sorted(unknown, key=str)}')
         cid, name, color = entry['id'], entry['name'], entry['color']
         if isinstance(cid, bool) or not isinstance(cid, int) or cid < 0:
             raise ClassSetError(f'{where}: id must be a non-negative integer, got {cid!r}')
@@ -205,7 +205,7 @@ def load(name_or_path):
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as exc:
+    except Exception as exc:  # noqa: B902 - YAML constructors raise many types
         raise ClassSetError(f'{path}: cannot read class set: {exc}') from None
     return from_dict(data, str(path))
 

@@ -209,7 +209,7 @@ def check(name, value):
     if name == 'device':
         text = value.strip().lower()
         ok = text in ('auto', 'cpu', 'cuda') or (
-            text.startswith('cuda:') and text[5:].isdigit())
+            text.startswith('cuda:') and text[5:].isascii() and text[5:].isdigit())
         if not ok:
             raise SettingsError(
                 f"parameter device: {value!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -217,8 +217,8 @@ def check(name, value):
     if name == 'model.options' and value.strip():
         try:
             parsed = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise SettingsError(f'parameter model.options: not YAML: {exc}') from None
+        except Exception as exc:  # noqa: B902 - YAML constructors raise many types
+            raise SettingsError(f'parameter model.options: not valid YAML: {exc}') from None
         if not isinstance(parsed, dict):
             raise SettingsError('parameter model.options: expected a YAML mapping like '
                                 f'"{{key: value}}", got {value!r}')

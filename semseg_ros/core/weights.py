@@ -177,11 +177,18 @@ def load_state_dict_file(path):
     path = str(path)
     if not os.path.isfile(path):
         raise WeightsError(f'weights file {path} does not exist (or is not a file)')
+    with open(path, 'rb') as f:
+        head = f.read(2)
+    # A torch file is a zip archive (PK) or, saved with legacy serialization, a pickle (0x80).
+    if not zipfile.is_zipfile(path) and head[:1] != b'\x80':
+        raise WeightsError(f'cannot read weights file {path}: truncated, corrupt or not a '
+                           'PyTorch weights file')
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [ln.strip() for ln in str(err).splitlines()]
-        why = next((ln for ln in lines if ln.startswith('WeightsUnpickler error')), lines[0])
+        why = next((ln.split(':', 1)[1].strip() for ln in lines
+                    if ln.startswith('WeightsUnpickler error')), lines[0])
         raise WeightsError(
             f'weights file {path} is not a plain state dict: the safe loader '
             f'(weights_only=True) refused it ({why[:200]})') from None

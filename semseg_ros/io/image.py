@@ -29,6 +29,9 @@ from std_msgs.msg import Header
 
 # Largest accepted width or height in pixels (a sanity limit against corrupt headers).
 MAX_SIDE = 16384
+# Most pixels a compressed frame may claim per byte of data (deflate tops out near 1000:1;
+# a uniform 1080p mono PNG needs about 1000): more means a forged header (decompression bomb).
+MAX_PIXELS_PER_BYTE = 4096
 
 _Spec = namedtuple('_Spec', 'depth channels color convert')
 
@@ -99,7 +102,7 @@ def _count(value, name):
     """Return a message field as a non-negative int or raise ImageError."""
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ImageError(f'{name} must be an integer, got {value!r}') from None
     if number != value or number < 0:
         raise ImageError(f'{name} must be a non-negative integer, got {value!r}')
@@ -123,9 +126,11 @@ def _buffer(data):
         return np.frombuffer(data, np.uint8)
     except TypeError:
         pass
+    if isinstance(data, (int, float)):  # bytes(n) would allocate n zero bytes
+        raise ImageError(f'image data is not a byte sequence: {type(data).__name__}')
     try:
-        return np.asarray(bytes(data), dtype=np.uint8)
-    except (TypeError, ValueError) as error:
+        return np.frombuffer(bytes(data), np.uint8)
+    except (TypeError, ValueError, OverflowError) as error:
         raise ImageError(f'image data is not a byte sequence: {error}') from None
 
 
@@ -199,6 +204,18 @@ def _compressed_size(data):
     return None
 
 
+def _check_claimed_size(data, fmt):
+    """Refuse a header whose size is absurd or far beyond what the data can encode."""
+    size = _compressed_size(data)
+    if size is None:
+        return
+    _check_size(size[0], size[1])
+    if size[0] * size[1] > MAX_PIXELS_PER_BYTE * data.size:
+        raise ImageError(
+            f"compressed image (format '{fmt}') claims {size[0]}x{size[1]} pixels from "
+            f'{data.size} bytes: corrupt or malicious header, not decoded')
+
+
 def compressed_to_array(msg):
     """
     Decode a sensor_msgs/CompressedImage (JPEG or PNG) to an (array, color) pair.
@@ -217,9 +234,7 @@ def compressed_to_array(msg):
     head = data[:8].tobytes()
     if not (head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC)):
         raise ImageError(f"compressed data (format '{fmt}') is neither JPEG nor PNG")
-    size = _compressed_size(data)
-    if size is not None and max(size) > MAX_SIDE:
-        _check_size(size[0], size[1])
+    _check_claimed_size(data, fmt)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as error:
@@ -259,9 +274,7 @@ def compressed_to_tensor(msg, device):
     data = _buffer(msg.data)
     if data[:3].tobytes() != _JPEG_MAGIC:
         raise ImageError(f"compressed data (format '{msg.format}') is not JPEG")
-    size = _compressed_size(data)
-    if size is not None:
-        _check_size(size[0], size[1])
+    _check_claimed_size(data, msg.format)
     try:
         chw = decode_jpeg(torch.from_numpy(data.copy()), mode=ImageReadMode.RGB,
                           device=device)

@@ -1,0 +1,37 @@
+"""Smoke test of benchmarks/e2e_bench.py in its quickest mode (tiny random model, seconds)."""
+
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_e2e_bench_quick(tmp_path):
+    result_file = tmp_path / 'e2e.json'
+    cmd = [sys.executable, str(ROOT / 'benchmarks' / 'e2e_bench.py'),
+           '--sizes', '96x72', '--models', 'tiny', '--transport', 'raw', '--cameras', '1',
+           '--seconds', '1', '--idle-seconds', '0.5', '--grace', '1',
+           '--dds-profiles', 'none', '--node-dds-profile', 'none', '--domains', '89', '89',
+           '--workdir', str(tmp_path), '--json', str(result_file)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    log = done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, log
+    # The node table row: model (input) | frame | input | cameras | full speed out/s | ...
+    row = next((line for line in done.stdout.splitlines()
+                if line.startswith('| tiny (96x72) | 96x72 | raw | 1 |')), None)
+    assert row is not None, log
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert float(cells[4]) > 0, row
+    result = json.loads(result_file.read_text())
+    node = result['nodes'][0]
+    assert node['full']['received'] > 0 and node['full']['throughput'] > 0
+    assert 0 < node['full']['latency_ms'][0] < 5000
+    assert node['fixed']['received'] > 0
+    assert node['full']['cpu'] > 0
+    assert node['rss_mb'] > 50
+    assert node['idle_frames'] > 0  # frames did arrive while nobody subscribed
+    echo = result['echo'][0]
+    assert echo['full']['throughput'] > 0 and echo['fixed']['received'] > 0
+    assert result['ratios'][0]['throughput_ratio'] > 0
