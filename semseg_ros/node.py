@@ -17,6 +17,7 @@ engine in one batch and publishes the outputs that someone subscribes to, each w
 header unchanged.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 import sys
 import threading
 import time
@@ -224,6 +225,11 @@ class SegmentationNode(LifecycleNode):
         self._cond = threading.Condition()
         self._stop = True
         self._worker = None
+        # Every torch call (build, warm-up, inference, freeing memory) runs on this one thread:
+        # a second thread calling torch makes a second OpenMP pool, and two pools on few cores
+        # slow inference down by a third (measured with benchmarks/e2e_bench.py).
+        self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix='semseg_torch')
+        self._closed = False
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
@@ -268,7 +274,8 @@ class SegmentationNode(LifecycleNode):
         log = self.get_logger()
         try:
             self.settings = self._read_settings()
-            self.segmenter = pipeline.build_segmenter(self.settings, log.info)
+            self.segmenter = self._torch.submit(
+                pipeline.build_segmenter, self.settings, log.info).result()
             self.base_classes = pipeline.load_classes(self.settings, self.segmenter.model)[0]
         except Exception as exc:  # noqa: B902 - any failure must leave the node alive
             self.segmenter = None
@@ -349,21 +356,26 @@ class SegmentationNode(LifecycleNode):
         self._free_device_memory()
 
     def _free_device_memory(self):
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        def empty_cache():
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        if not self._closed:
+            self._torch.submit(empty_cache).result()
 
     def _start_worker(self):
         self._stop = False
-        self._worker = threading.Thread(target=self._run, name='semseg_worker', daemon=True)
-        self._worker.start()
+        self._worker = self._torch.submit(self._run)
 
     def _stop_worker(self):
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+        if self._worker is not None:
+            try:
+                self._worker.result(timeout=10.0)
+            except Exception as exc:  # noqa: B902 - report, never raise from a transition
+                self.get_logger().error(f'worker stopped with {type(exc).__name__}: {exc}')
         self._worker = None
         for camera in self.cameras:
             camera.pending = None
@@ -569,6 +581,8 @@ class SegmentationNode(LifecycleNode):
     def destroy_node(self):
         """Stop the worker thread, then destroy the node."""
         self._stop_worker()
+        self._closed = True
+        self._torch.shutdown(wait=False)
         return super().destroy_node()
 
 

@@ -239,3 +239,19 @@ def test_same_shaped_frames_of_one_batch_use_separate_staging_buffers():
     upload.reset()
     c = upload.stage(torch.full((4, 4, 3), 2, dtype=torch.uint8))
     assert c.data_ptr() == a.data_ptr()
+
+
+@pytest.mark.parametrize('max_batch,forwards', [(0, 3), (1, 3), (2, 2), (8, 1)])
+def test_max_batch_splits_the_forward_passes(max_batch, forwards):
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return x
+
+    seg = make(Counting(), max_batch=max_batch, warmup=False)
+    frames = [Frame(stripes(), 'rgb')] * 3
+    out = seg.process(frames, ('label',))
+    assert len(calls) == forwards and sum(calls) == 3
+    assert all(np.array_equal(o['label'], expected_labels()) for o in out)

@@ -119,7 +119,7 @@ class Segmenter:
 
     def __init__(self, model, classes, device='auto', precision='fp32', input_size=None,
                  upsample='logits', channels_last=False, overlay_alpha=0.5, warmup=True,
-                 pinned_memory=True, compiled=False):
+                 pinned_memory=True, compiled=False, max_batch=0):
         """
         Put the model on the device, check it against the class set and warm it up.
 
@@ -137,6 +137,9 @@ class Segmenter:
         self.dtype = PRECISIONS[precision]
         self.upsample = upsample
         self.channels_last = bool(channels_last)
+        # Frames per forward pass. 0 = auto: every waiting frame on CUDA; one at a time on the
+        # CPU, where a batch of 3 runs slower per frame than single frames (e2e_bench).
+        self.max_batch = int(max_batch)
         self.classes = classes
         self.model = model.eval().to(self.device)
         if self.channels_last:
@@ -243,8 +246,11 @@ class Segmenter:
                     chw = F.pad(chw, (0, tw - w, 0, th - h))
                 valid = (h, w, th, tw)
             groups.setdefault((th, tw), []).append((i, valid, chw))
+        limit = self.max_batch or (1 if self.device.type == 'cpu' else len(chws))
+        chunks = [items[i:i + limit] for items in groups.values()
+                  for i in range(0, len(items), limit)]
         batches = []
-        for items in groups.values():
+        for items in chunks:
             batch = torch.stack([chw for _, _, chw in items])
             batch.mul_(self._gain).add_(self._bias)
             if self.channels_last:

@@ -70,7 +70,7 @@ def build_segmenter(settings, log=None):
         model, classes, device=settings.device, precision=settings.precision,
         input_size=settings.input_size, upsample=settings.upsample,
         channels_last=settings.channels_last, overlay_alpha=settings.overlay_alpha,
-        warmup=settings.warmup, compiled=settings.compiled)
+        warmup=settings.warmup, compiled=settings.compiled, max_batch=settings.max_batch)
     if log is not None:
         log(describe(segmenter, settings))
     return segmenter

@@ -70,6 +70,9 @@ PARAMETERS = (
     Spec('channels_last', False, 'Use the channels_last memory format (faster convolutions '
          'on recent GPUs).'),
     Spec('warmup', True, 'Run one blank frame through the model at start-up.'),
+    Spec('max_batch', 0, 'Frames (of several cameras) per forward pass; 0 = auto: all waiting '
+         'frames on CUDA, one at a time on the CPU (where batching is slower per frame).',
+         low=0, high=64),
     Spec('compile', False, 'torch.compile the model (CUDA: faster inference after a slow first '
          'frame; warmup then pays the compile time at start-up).'),
     Spec('decode_on_device', True, 'With compressed JPEG input on CUDA, decode on the GPU '
@@ -163,6 +166,7 @@ class Settings:
     channels_last: bool = False
     warmup: bool = True
     compiled: bool = False
+    max_batch: int = 0
     decode_on_device: bool = True
     classes: str = ''
     drivable_classes: Tuple[str, ...] = ()
@@ -261,6 +265,7 @@ def from_values(values):
         channels_last=v['channels_last'],
         warmup=v['warmup'],
         compiled=v['compile'],
+        max_batch=v['max_batch'],
         decode_on_device=v['decode_on_device'],
         classes=v['classes'].strip(),
         drivable_classes=tuple(v['drivable_classes']),
