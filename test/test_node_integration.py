@@ -24,6 +24,7 @@ from semseg_ros.core.models import torchscript
 from semseg_ros.core.models.base import Preprocess
 from semseg_ros.io.image import array_to_image
 from semseg_ros.io.image import image_to_array
+from semseg_ros.io.image import SUPPORTED_ENCODINGS
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 import torch
@@ -307,3 +308,37 @@ def test_no_subscriber_means_no_work(tmp_path):
     assert values['frames processed'] == '0'
     assert int(values['frames skipped (no subscriber)']) > 0
     assert values['device'] == 'cpu' and values['model'] == 'torchscript'
+
+
+def encoded_message(encoding, width=32, height=24, bigendian=0, seed=0):
+    """Return an Image of random pixels in any supported encoding, rows padded by 6 bytes."""
+    from semseg_ros.io.image import _SPECS
+    spec = _SPECS[encoding.lower()]
+    step = width * spec.depth * spec.channels + 6
+    data = np.random.default_rng(seed).integers(0, 256, step * height, np.uint8).tobytes()
+    return Image(height=height, width=width, encoding=encoding, is_bigendian=bigendian,
+                 step=step, data=data)
+
+
+@pytest.mark.parametrize('encoding,bigendian', [
+    (e, 0) for e in SUPPORTED_ENCODINGS] + [('mono16', 1), ('rgb16', 1)])
+def test_every_encoding_matches_the_reference_conversion(tiny_node, encoding, bigendian):
+    from semseg_ros.core import classes
+    from semseg_ros.core.engine import Frame
+    from semseg_ros.core.engine import Segmenter
+    from semseg_ros.core.models.base import ModuleModel
+
+    harness, _ = tiny_node
+    msg = encoded_message(encoding, bigendian=bigendian,
+                          seed=SUPPORTED_ENCODINGS.index(encoding) + bigendian)
+    msg.header = Header(frame_id=encoding, stamp=harness.node.get_clock().now().to_msg())
+    harness.pub.publish(msg)
+    got = harness.wait_outputs(msg.header, ('label',))
+    array, color = image_to_array(msg)  # the reference conversion, tested against OpenCV
+    model = ModuleModel(Channels(), 3, Preprocess(scale=1.0 / 255.0))
+    reference = Segmenter(model, classes.generic(3), device='cpu', warmup=False).labels(
+        [Frame(array, color)])[0]
+    label, _ = image_to_array(got['label'])
+    assert (got['label'].width, got['label'].height) == (32, 24)
+    assert got['label'].header.frame_id == encoding
+    assert np.array_equal(label[:, :, 0], reference)
