@@ -52,6 +52,7 @@ from semseg_ros.io.image import is_jpeg
 from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+import yaml
 
 OUTPUT_TOPICS = {
     'label': 'segmentation/label',
@@ -194,9 +195,10 @@ class Camera:
 class SegmentationNode(LifecycleNode):
     """Semantic segmentation of camera images (a managed node; see the module docstring)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, startup_errors=(), **kwargs):
+        """Declare the parameters; startup_errors: invalid command-line values found by main."""
         super().__init__('semseg', **kwargs)
-        startup_errors = []
+        startup_errors = list(startup_errors)
         for spec in cfg.PARAMETERS:
             try:
                 self.declare_parameter(spec.name, spec.default, descriptor(spec))
@@ -586,10 +588,33 @@ class SegmentationNode(LifecycleNode):
         return super().destroy_node()
 
 
+def check_command_line(argv):
+    """
+    Check the -p name:=value overrides of our parameters; return the error messages.
+
+    rcl drops an override whose type differs from the value a params file gives the same
+    parameter, silently; checking the raw text here reports it instead.
+    """
+    errors = []
+    args = list(argv or [])
+    for flag, item in zip(args, args[1:]):
+        if flag not in ('-p', '--param'):
+            continue
+        name, sep, text = item.partition(':=')
+        if not sep or name not in cfg.SPECS:
+            continue
+        try:
+            cfg.check(name, yaml.safe_load(text) if text.strip() else '')
+        except Exception as exc:  # noqa: B902 - SettingsError, or YAML the check cannot read
+            errors.append(str(exc) if name in str(exc) else f'parameter {name}: {exc}')
+    return errors
+
+
 def main(args=None):
     """Run the node; accepts standard --ros-args (params files, remaps)."""
     rclpy.init(args=args)
-    node = SegmentationNode()
+    node = SegmentationNode(startup_errors=check_command_line(
+        sys.argv if args is None else args))
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):

@@ -557,10 +557,7 @@ STARTUP_CASES = [
     pytest.param('overlay_alpha', '2.0', id='out of range'),
     pytest.param('input_transport', 'carrier_pigeon', id='read-only choice'),
     pytest.param('grid.width', '1.5', id='wrong type'),
-    pytest.param('overlay_alpha', 'opaque', id='wrong type of a params-file entry',
-                 marks=pytest.mark.xfail(strict=True, reason='rcl merges the -p string into '
-                                         "the params file's double: the file value wins, "
-                                         'silently; the node never sees the bad value')),
+    pytest.param('overlay_alpha', 'opaque', id='wrong type of a params-file entry'),
 ]
 
 
