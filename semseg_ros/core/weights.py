@@ -167,12 +167,12 @@ def _reason(err):
     return f'{type(err).__name__}: {err}'
 
 
-def load_state_dict_file(path):
+def read_torch_file(path):
     """
-    Load a state dict (a dict of tensors) from ``path`` onto the CPU, safely.
+    Return what a torch file holds, loaded onto the CPU with ``weights_only=True`` (no code runs).
 
-    Uses ``torch.load(weights_only=True)``; a missing, truncated or corrupt file, or one
-    that holds something other than a dict of tensors, raises WeightsError.
+    A missing, truncated or corrupt file, or one holding objects the safe loader refuses,
+    raises WeightsError naming the file and the reason.
     """
     path = str(path)
     if not os.path.isfile(path):
@@ -184,14 +184,15 @@ def load_state_dict_file(path):
         raise WeightsError(f'cannot read weights file {path}: truncated, corrupt or not a '
                            'PyTorch weights file')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [ln.strip() for ln in str(err).splitlines()]
         why = next((ln.split(':', 1)[1].strip() for ln in lines
-                    if ln.startswith('WeightsUnpickler error')), lines[0])
+                    if ln.startswith('WeightsUnpickler error')), lines[0] if lines else '')
         raise WeightsError(
-            f'weights file {path} is not a plain state dict: the safe loader '
-            f'(weights_only=True) refused it ({why[:200]})') from None
+            f'weights file {path} holds objects the safe loader (weights_only=True) refuses '
+            f'({why[:200]}); save the state dict alone: torch.save(model.state_dict(), '
+            'path)') from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError, KeyError,
             AttributeError, OSError) as err:
         text = str(err).strip()
@@ -199,6 +200,16 @@ def load_state_dict_file(path):
         raise WeightsError(
             f'cannot read weights file {path}: truncated, corrupt or not a PyTorch weights '
             f'file ({type(err).__name__}: {first[:200]})') from None
+
+
+def load_state_dict_file(path):
+    """
+    Load a state dict (a dict of tensors) from ``path`` onto the CPU, safely.
+
+    Uses ``torch.load(weights_only=True)``; a missing, truncated or corrupt file, or one
+    that holds something other than a dict of tensors, raises WeightsError.
+    """
+    state = read_torch_file(path)
     if not isinstance(state, dict):
         raise WeightsError(
             f'weights file {path} holds a {type(state).__name__}, not a state dict '

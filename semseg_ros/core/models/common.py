@@ -7,13 +7,11 @@ and running models exported with a fixed batch size.
 """
 
 import importlib
-import os
-import pickle
 import re
-import zipfile
 
 from semseg_ros.core import classes as class_sets
 from semseg_ros.core.models.base import ModelError, Preprocess
+from semseg_ros.core.weights import read_torch_file
 from semseg_ros.core.weights import WeightsError
 import torch
 import yaml
@@ -82,23 +80,7 @@ def load_checkpoint(path, expected=()):
     and torch.compile ('_orig_mod.') add are stripped while that matches more of ``expected``.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise WeightsError(f'weights file {path} does not exist (or is not a file)')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ''
-        raise WeightsError(
-            f'weights file {path} holds objects the safe loader (weights_only=True) refuses '
-            f'({first[:200]}); save the state dict alone: torch.save(model.state_dict(), '
-            'path)') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError, KeyError,
-            AttributeError, OSError) as err:
-        text = str(err).strip()
-        first = text.splitlines()[0] if text else ''
-        raise WeightsError(
-            f'cannot read weights file {path}: truncated, corrupt or not a PyTorch weights '
-            f'file ({type(err).__name__}: {first[:200]})') from None
+    obj = read_torch_file(path)
     for key in CHECKPOINT_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

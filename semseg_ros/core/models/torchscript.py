@@ -12,6 +12,7 @@ import os
 from semseg_ros.core.models.base import ModelError
 from semseg_ros.core.models.base import ModuleModel
 from semseg_ros.core.models.base import Preprocess
+from semseg_ros.core.models.common import parse_metadata
 import torch
 import yaml
 
@@ -57,17 +58,7 @@ def build(options):
         module = torch.jit.load(path, map_location='cpu', _extra_files=extra)
     except Exception as exc:  # noqa: B902 - torch raises many types for bad archives
         raise ModelError(f'{path}: not a loadable TorchScript archive: {exc}') from None
-    meta = yaml.safe_load(extra[META_FILE]) if extra[META_FILE] else {}
-    if not isinstance(meta, dict):
-        raise ModelError(f'{path}: corrupt {META_FILE} metadata')
-    try:
-        fields = {k: meta[k] for k in PREPROCESS_KEYS if meta.get(k) is not None}
-        for key in ('mean', 'std', 'input_size'):
-            if key in fields:
-                fields[key] = tuple(fields[key])
-        preprocess = Preprocess(**fields)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f'{path}: invalid preprocessing metadata: {exc}') from None
+    meta, preprocess = parse_metadata(extra[META_FILE], path)
     num_classes = meta.get('num_classes') or _probe_classes(module, path)
     name = os.path.splitext(os.path.basename(path))[0]
     return ModuleModel(module, num_classes, preprocess, meta.get('class_set'), name)
