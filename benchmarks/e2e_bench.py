@@ -45,7 +45,6 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
-import platform
 import signal
 import statistics
 import subprocess
@@ -54,6 +53,10 @@ import threading
 import time
 import warnings
 
+from bench_common import machine
+from bench_common import qos
+from bench_common import ros_start
+from bench_common import ros_stop
 import cv2
 import numpy as np
 
@@ -94,33 +97,6 @@ def source_frame(width, height):
     frame = synthetic_frame(7, width, height)
     noise = np.random.default_rng(0).integers(0, 24, frame.shape, np.uint8)
     return frame + noise  # some texture, so JPEG sizes look like a camera's
-
-
-def ros_start(domain, name):
-    """Return (context, node, executor) of a fresh rclpy context in `domain`."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain)
-    node = rclpy.create_node(name, context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    return context, node, executor
-
-
-def ros_stop(context, node):
-    """Destroy the node and shut its context down."""
-    import rclpy
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
-
-
-def qos(reliable, depth):
-    """Return a keep-last QoS profile."""
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                      reliability=(ReliabilityPolicy.RELIABLE if reliable
-                                   else ReliabilityPolicy.BEST_EFFORT))
 
 
 def stamp_ns(header):
@@ -1205,22 +1181,6 @@ def ratios_table(bench):
             f'{fmt(r["transport_ms"], 1)})) {ok} | {batch} | '
             f'{fmt(r["idle_cpu"])} at {fmt(r["idle_rate"], 0)} Hz / {fmt(r["quiet_cpu"])} |')
     return '\n'.join(lines)
-
-
-def machine(device):
-    """Describe the machine in one line."""
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f if 'model name' in line)
-    except (OSError, StopIteration):
-        pass
-    text = (f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__} '
-            f'({torch.get_num_threads()} threads), device {device}')
-    if device.startswith('cuda') or (device == 'auto' and torch.cuda.is_available()):
-        text += f' ({torch.cuda.get_device_name(0)})'
-    return text
 
 
 def report(bench, command, minutes, load):

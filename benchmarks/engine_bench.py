@@ -13,11 +13,11 @@ timed in the same process, alternating, and reported as medians of repeated runs
 import argparse
 import os
 from pathlib import Path
-import platform
 import statistics
 import sys
 import time
 
+from bench_common import machine
 import numpy as np
 from semseg_ros.core import classes as class_sets
 from semseg_ros.core.engine import Frame
@@ -98,21 +98,6 @@ def table(rows):
         lines.append(f'| {name} | {frame} | {model_in} | {outputs} | {bare:.1f} | {full:.1f} | '
                      f'{ratio * 100:.0f} % |')
     return '\n'.join(lines)
-
-
-def machine(device):
-    """Describe the machine in one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f if 'model name' in line)
-    except (OSError, StopIteration):
-        pass
-    text = (f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, '
-            f'{torch.get_num_threads()} threads, device {device}')
-    if device.startswith('cuda'):
-        text += f' ({torch.cuda.get_device_name(0)})'
-    return text
 
 
 def main(argv=None):

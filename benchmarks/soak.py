@@ -41,7 +41,6 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
-import platform
 import shutil
 import signal
 import statistics
@@ -50,6 +49,10 @@ import sys
 import tempfile
 import time
 
+from bench_common import machine
+from bench_common import qos
+from bench_common import ros_start
+from bench_common import ros_stop
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,33 +83,6 @@ def parse_size(text):
 def stamp_ns(header):
     """Return a header stamp in nanoseconds."""
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
-
-def ros_start(domain, name):
-    """Return (context, node, executor) in a fresh rclpy context of `domain`."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain)
-    node = rclpy.create_node(name, context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    return context, node, executor
-
-
-def ros_stop(context, node):
-    """Destroy the node and shut its context down."""
-    import rclpy
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
-
-
-def qos(reliable, depth):
-    """Return a keep-last QoS profile."""
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                      reliability=(ReliabilityPolicy.RELIABLE if reliable
-                                   else ReliabilityPolicy.BEST_EFFORT))
 
 
 # Publisher process.
@@ -405,22 +381,6 @@ def analyse(samples, latency, frames_total, args, start_frames):
     return figures, checks
 
 
-def machine():
-    """Return a one-line description of this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import torch
-    return (f'{cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, '
-            f'torch {torch.__version__}')
-
-
 def markdown(result):
     """Return the markdown section of a soak result."""
     f = result['figures']
@@ -574,7 +534,7 @@ def run(args, log=print):
     command = 'python benchmarks/soak.py ' + ' '.join(args.argv) if args.argv else \
         'python benchmarks/soak.py'
     result = {
-        'command': command, 'machine': machine(),
+        'command': command, 'machine': machine('cpu'),
         'date': datetime.date.today().isoformat(),
         'profile': Path(profile).name if profile else 'Fast DDS defaults',
         'size': f'{width}x{height}', 'model': args.model, 'frames_published': done[1],
