@@ -16,8 +16,9 @@ three cameras in one node / three single-camera nodes) it reports:
   the last subscribed output, which at full speed includes one frame of queueing by design.
 - fixed rate: `--rate` Hz per camera (default `auto`: half the full-speed rate just measured,
   so frames do not queue); this latency is the one compared with the limits.
-- work with no subscribers: node CPU while frames arrive at `--idle-rate` Hz and nobody
-  subscribes to any output (and with no input at all, for reference).
+- work with no subscribers: node CPU while frames are published at `--idle-rate` Hz and nobody
+  subscribes to any output (and with no input at all, for reference); with `lazy_input` (the
+  node's default) the node does not even subscribe to its input then, so 0 frames arrive.
 - node CPU (utime + stime from /proc/<pid>/stat over the full-speed phase, 100 % = one core),
   peak RSS (VmHWM), the node's own 'frames dropped' (from /diagnostics) and published - received.
 

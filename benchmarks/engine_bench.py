@@ -6,6 +6,10 @@ Bare forward: a preprocessed (1, 3, h, w) tensor through the model, nothing else
 normalise, forward, upsampling to the input size, argmax, lookup tables, download). Both are
 timed in the same process, alternating, and reported as medians of repeated runs.
 
+Two inputs: 'road', a CamVid road scene (the first camvid_val image beside the weights cache,
+else a drawn road scene), and 'noise', uniform random pixels, the worst case for the engine
+(the network's labels turn into speckle, so nearly every pixel sits on a class border).
+
     make bench-engine        (or: PYTHONPATH=. .venv/bin/python benchmarks/engine_bench.py
                               [--repeat 15] [--markdown docs/PERFORMANCE.md])
 """
@@ -18,6 +22,7 @@ import sys
 import time
 
 from bench_common import machine
+import cv2
 import numpy as np
 from semseg_ros.core import classes as class_sets
 from semseg_ros.core.engine import Frame
@@ -47,6 +52,29 @@ def load(name, cache):
     return model.eval(), 'random'
 
 
+def road_image(cache):
+    """Return (RGB image, source): a CamVid frame when the assets are there, else a drawing."""
+    if cache:
+        folder = Path(cache).parent / 'camvid_val' / 'images'
+        found = sorted(folder.glob('*.png')) if folder.is_dir() else []
+        if found:
+            return cv2.cvtColor(cv2.imread(str(found[0])), cv2.COLOR_BGR2RGB), found[0].name
+    image = np.zeros((360, 480, 3), np.uint8)
+    image[:150] = (135, 180, 230)  # sky
+    image[150:] = (70, 110, 60)  # verges
+    road = np.array([[200, 150], [280, 150], [480, 360], [0, 360]], np.int32)
+    cv2.fillPoly(image, [road], (100, 100, 100))
+    cv2.rectangle(image, (20, 90), (140, 200), (150, 80, 70), -1)  # a building
+    return image, 'drawn road scene'
+
+
+def frames(width, height, road):
+    """Return {input name: Frame} at the given size."""
+    noise = np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8)
+    scaled = cv2.resize(road, (width, height), interpolation=cv2.INTER_AREA)
+    return {'road': Frame(np.ascontiguousarray(scaled), 'rgb'), 'noise': Frame(noise, 'rgb')}
+
+
 def median_ms(function, repeat):
     """Return the median wall time of function() in ms (after one warm-up call)."""
     function()
@@ -58,15 +86,15 @@ def median_ms(function, repeat):
     return statistics.median(times)
 
 
-def bench(name, model, width, height, repeat, device):
+def bench(name, model, width, height, repeat, device, road, images):
     """Time bare forward and the engine for one model at one frame size."""
     native = name == 'espnet'  # ESPNet runs at the frame size, ESPNetv2 at its 1024x512
     size = (width, height) if native else None
     cls = class_sets.load(model.class_set)
     rows = []
-    frame = Frame(np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8),
-                  'rgb')
-    for label, outputs in OUTPUT_SETS.items():
+    inputs = frames(width, height, road)
+    for image, (label, outputs) in ((i, o) for i in images for o in OUTPUT_SETS.items()):
+        frame = inputs[image]
         seg = Segmenter(model, cls, device=device, input_size=size)
         mw, mh = seg.input_size
         batch = torch.randn(1, 3, mh, mw, device=seg.device)
@@ -85,18 +113,18 @@ def bench(name, model, width, height, repeat, device):
             bare.append(median_ms(forward, repeat))
             full.append(median_ms(engine, repeat))
         bare_ms, full_ms = statistics.median(bare), statistics.median(full)
-        rows.append((name, f'{width}x{height}', f'{mw}x{mh}', label, bare_ms, full_ms,
+        rows.append((name, f'{width}x{height}', f'{mw}x{mh}', image, label, bare_ms, full_ms,
                      bare_ms / full_ms))
     return rows
 
 
 def table(rows):
     """Return the markdown table of the results."""
-    lines = ['| model | frame | model input | outputs | bare forward (ms) | engine (ms) | '
-             'engine throughput / forward |', '|---|---|---|---|---|---|---|']
-    for name, frame, model_in, outputs, bare, full, ratio in rows:
-        lines.append(f'| {name} | {frame} | {model_in} | {outputs} | {bare:.1f} | {full:.1f} | '
-                     f'{ratio * 100:.0f} % |')
+    lines = ['| model | frame | model input | image | outputs | bare forward (ms) | engine (ms) | '
+             'engine throughput / forward |', '|---|---|---|---|---|---|---|---|']
+    for name, frame, model_in, image, outputs, bare, full, ratio in rows:
+        lines.append(f'| {name} | {frame} | {model_in} | {image} | {outputs} | {bare:.1f} | '
+                     f'{full:.1f} | {ratio * 100:.0f} % |')
     return '\n'.join(lines)
 
 
@@ -108,18 +136,23 @@ def main(argv=None):
     parser.add_argument('--models', nargs='+', default=['espnet', 'espnetv2'])
     parser.add_argument('--cache', default=os.environ.get('SEMSEG_ROS_CACHE', ''),
                         help='folder with the published weights (random weights otherwise)')
+    parser.add_argument('--images', nargs='+', choices=('road', 'noise'),
+                        default=['road', 'noise'], help='inputs to time')
     parser.add_argument('--markdown', help='update the engine_bench section of this file')
     args = parser.parse_args(argv)
     rows = []
     weights = {}
+    road, source = road_image(args.cache)
     for name in args.models:
         model, weights[name] = load(name, args.cache)
         for width, height in SIZES:
-            rows.extend(bench(name, model, width, height, args.repeat, args.device))
-            print(table(rows[-len(OUTPUT_SETS):]).splitlines()[-1], flush=True)
+            new = bench(name, model, width, height, args.repeat, args.device, road, args.images)
+            rows.extend(new)
+            print('\n'.join(table(new).splitlines()[2:]), flush=True)
     text = (f'Machine: {machine(args.device)}. Weights: '
             + ', '.join(f'{k} {v}' for k, v in weights.items())
-            + f'. Medians of 3 x {args.repeat} runs, bare and engine alternating.\n\n'
+            + f'. Road image: {source}. Medians of 3 x {args.repeat} runs, bare and engine '
+            'alternating.\n\n'
             + table(rows) + '\n')
     print('\n' + text)
     if args.markdown:

@@ -7,7 +7,9 @@ at start-up; with `autostart: false` it waits for a lifecycle manager:
 - configure: read and validate the parameters, load the model and class set, create the
   publishers. Any error leaves the node unconfigured with the reason in the log and in
   diagnostics; fix the parameter and configure again.
-- activate: subscribe to the cameras and start the worker.
+- activate: subscribe to the cameras and start the worker. With `lazy_input` (the default) a
+  camera's input is subscribed only while one of its outputs has a subscriber (checked every
+  0.2 s), so a node nobody listens to costs next to nothing.
 - deactivate: unsubscribe, stop the worker, free cached GPU memory.
 - cleanup: drop the model and the publishers.
 
@@ -67,6 +69,7 @@ OUTPUT_ENCODINGS = {'color': 'rgb8', 'overlay': 'rgb8', 'drivable': 'mono8',
 LATENCY_WINDOW = 200
 # Consecutive failed frames after which diagnostics report ERROR instead of WARN.
 ERROR_STREAK = 5
+INPUT_CHECK_PERIOD = 0.2  # seconds between checks for output subscribers (lazy_input)
 CHANGE_NOTES = {
     'configure': 'Takes effect on the next configure (or a restart).',
     'restart': 'Read-only: needs a restart.',
@@ -150,6 +153,7 @@ class Camera:
         self.prefix = f'{namespace}/' if namespace else ''
         self.pending = None
         self.subscription = None
+        self.subscribed_at = None  # monotonic time of the last subscription
         self.stats = CameraStats()
         out_qos = qos_profile(settings.output_reliability, settings.output_depth)
         self.publishers = {
@@ -166,6 +170,7 @@ class Camera:
         else:
             self.subscription = self.node.create_subscription(
                 Image, self.prefix + 'image', self.on_image, qos)
+        self.subscribed_at = time.monotonic()
 
     def unsubscribe(self):
         """Destroy the input subscription."""
@@ -224,6 +229,7 @@ class SegmentationNode(LifecycleNode):
                 'them and trigger configure).')
         self.cameras = []
         self.grid = None
+        self._active = False
         self._cond = threading.Condition()
         self._stop = True
         self._worker = None
@@ -235,6 +241,7 @@ class SegmentationNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
+        self.create_timer(INPUT_CHECK_PERIOD, self._update_inputs)
         if self.settings.autostart and not self.error:
             self.trigger_configure()
             if self.segmenter is not None:
@@ -312,17 +319,18 @@ class SegmentationNode(LifecycleNode):
             camera.label_info.publish(msg)
 
     def on_activate(self, state):
-        """Subscribe to the cameras and start the worker."""
+        """Subscribe to the cameras (those with listeners, see lazy_input), start the worker."""
         result = super().on_activate(state)
-        for camera in self.cameras:
-            camera.subscribe(self.settings)
         if self.grid is not None:
             self.grid.subscribe(qos_profile('best_effort', 1))
+        self._active = True
+        self._update_inputs()
         self._start_worker()
         return result
 
     def on_deactivate(self, state):
         """Unsubscribe, stop the worker and free cached device memory."""
+        self._active = False
         for camera in self.cameras:
             camera.unsubscribe()
         if self.grid is not None:
@@ -347,6 +355,7 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release(self):
+        self._active = False
         self._stop_worker()
         if self.grid is not None:
             self.grid.destroy()
@@ -381,6 +390,21 @@ class SegmentationNode(LifecycleNode):
         self._worker = None
         for camera in self.cameras:
             camera.pending = None
+
+    def _update_inputs(self):
+        """Subscribe to the inputs somebody listens for and drop the others (lazy_input)."""
+        if not self._active:
+            return
+        lazy = self.settings.lazy_input
+        grid = self.grid is not None and self.grid.wanted()
+        for camera in self.cameras:
+            needed = not lazy or grid or bool(camera.wanted(self.settings.outputs))
+            if needed and camera.subscription is None:
+                camera.subscribe(self.settings)
+            elif not needed and camera.subscription is not None:
+                camera.unsubscribe()
+                with self._cond:
+                    camera.pending = None
 
     # Parameters.
     def _on_set_parameters(self, params):
@@ -542,17 +566,22 @@ class SegmentationNode(LifecycleNode):
         status = DiagnosticStatus()
         status.name = f'{self.get_fully_qualified_name()}: camera {camera.name}'
         status.hardware_id = str(seg.device) if seg else 'none'
-        active = camera.subscription is not None
+        subscribed = camera.subscription is not None
+        # Stale counts from the newer of the last frame and the (re)subscription.
+        since = max(last_input or 0.0, camera.subscribed_at or 0.0)
         if stats.error_streak >= ERROR_STREAK:
             status.level = DiagnosticStatus.ERROR
             status.message = f'{stats.error_streak} frames failed in a row: {stats.last_error}'
-        elif not active:
+        elif not self._active:
             status.level = DiagnosticStatus.WARN
             status.message = 'inactive'
-        elif last_input is None or now - last_input > self.settings.stale_timeout:
+        elif not subscribed:
+            status.level = DiagnosticStatus.OK
+            status.message = 'idle: no subscriber, input not subscribed (lazy_input)'
+        elif now - since > self.settings.stale_timeout:
             status.level = DiagnosticStatus.WARN
-            status.message = 'stale: no input' if last_input is None else \
-                f'stale: no input for {now - last_input:.1f} s'
+            status.message = 'stale: no input' if last_input is None or last_input < since \
+                else f'stale: no input for {now - last_input:.1f} s'
         elif stats.error_streak:
             status.level = DiagnosticStatus.WARN
             status.message = f'errors: {stats.errors} (last: {stats.last_error})'
@@ -568,6 +597,7 @@ class SegmentationNode(LifecycleNode):
             'frames processed': str(stats.processed),
             'frames dropped': str(stats.dropped),
             'frames skipped (no subscriber)': str(stats.skipped),
+            'input subscribed': str(subscribed).lower(),
             'errors': str(stats.errors),
             'last error': stats.last_error,
             'device': str(seg.device) if seg else 'none',

@@ -2,6 +2,7 @@
 
 import cv2
 import numpy as np
+import pytest
 from semseg_ros.core import classes
 from semseg_ros.core.engine import Frame
 from semseg_ros.core.engine import Segmenter
@@ -46,11 +47,13 @@ CITYSCAPES_TO_CAMVID = np.array(
 REFERENCE_ACCURACY_V2 = 0.9036
 
 
-def test_espnetv2_cityscapes_on_camvid(espnetv2_weights, camvid_val):
+@pytest.mark.parametrize('upsample', ['labels', 'logits'])
+def test_espnetv2_cityscapes_on_camvid(espnetv2_weights, camvid_val, upsample):
     city = classes.load('cityscapes')
     model = create_model('espnetv2', weights=str(espnetv2_weights), download=False)
-    # The reference protocol: argmax at 1024x512, labels resized back with nearest.
-    seg = Segmenter(model, city, device='cpu', upsample='labels')
+    # 'labels' is the reference protocol: argmax at 1024x512, labels resized back with
+    # nearest. 'logits' (the node's default) resizes the decoder's 512x256 logits bilinearly.
+    seg = Segmenter(model, city, device='cpu', upsample=upsample)
     matrix = ConfusionMatrix(11, ignore_index=11)
     pairs = list(read_split(camvid_val))
     for start in range(0, len(pairs), BATCH):
@@ -60,7 +63,7 @@ def test_espnetv2_cityscapes_on_camvid(espnetv2_weights, camvid_val):
             mapped = CITYSCAPES_TO_CAMVID[out['label'].astype(np.int64)]
             matrix.update(mapped, truth.astype(np.int64))
     iou = matrix.iou()
-    print(f'ESPNetv2 Cityscapes on CamVid val: pixel accuracy {matrix.pixel_accuracy():.4f}, '
-          f'mIoU {matrix.mean_iou():.4f}, road IoU {iou[3]:.4f}')
+    print(f'ESPNetv2 Cityscapes on CamVid val ({upsample}): pixel accuracy '
+          f'{matrix.pixel_accuracy():.4f}, mIoU {matrix.mean_iou():.4f}, road IoU {iou[3]:.4f}')
     assert abs(matrix.pixel_accuracy() - REFERENCE_ACCURACY_V2) <= 0.01
     assert iou[3] >= 0.95

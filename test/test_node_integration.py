@@ -284,30 +284,45 @@ def test_real_espnet_matches_the_offline_engine(espnet_weights, camvid_val):
     assert (drivable.reshape(rgb.shape[:2])[road] == 255).mean() > 0.9
 
 
-def test_no_subscriber_means_no_work(tmp_path):
+@pytest.mark.parametrize('lazy', [True, False])
+def test_no_subscriber_means_no_work(tmp_path, lazy):
     model = tmp_path / 'channels.pt'
     torchscript.save(Channels(), str(model), 3, Preprocess(scale=1.0 / 255.0))
-    domain = 24
+    domain = 24 if lazy else 36
     process = start_node(domain, 'model.backend:=torchscript', f'model.weights:={model}',
-                         'diagnostics_period:=0.5')
+                         'diagnostics_period:=0.5', f'lazy_input:={str(lazy).lower()}')
     harness = Harness(domain, outputs=())
     try:
-        end = time.monotonic() + TIMEOUT
-        while time.monotonic() < end and harness.node.count_subscribers('image') == 0:
-            harness.spin(0.1)
+        # Diagnostics of the active node first, then frames nobody wants.
+        diagnostics_values(harness, 'input subscribed')
         for _ in range(20):
             harness.send(stripes(12, 18), 'rgb8')
             harness.spin(0.1)
         harness.spin(1.5)
         harness.diagnostics.clear()
         values = diagnostics_values(harness, 'frames skipped (no subscriber)')
+        subscribers = harness.node.count_subscribers('image')
+        # Lazy: the first output subscriber makes the node subscribe to its input.
+        label = harness.node.create_subscription(Image, 'segmentation/label',
+                                                 lambda msg: None, 10)
+        end = time.monotonic() + TIMEOUT
+        while time.monotonic() < end and harness.node.count_subscribers('image') == 0:
+            harness.spin(0.1)
+        later = harness.node.count_subscribers('image')
+        harness.node.destroy_subscription(label)
     finally:
         harness.close()
         log = stop_node(process)
-    assert int(values['frames received']) > 0, log
-    assert values['frames processed'] == '0'
-    assert int(values['frames skipped (no subscriber)']) > 0
+    assert values['frames processed'] == '0', log
     assert values['device'] == 'cpu' and values['model'] == 'torchscript'
+    assert later == 1
+    if lazy:
+        assert subscribers == 0 and values['input subscribed'] == 'false'
+        assert values['frames received'] == '0'
+    else:
+        assert subscribers == 1 and values['input subscribed'] == 'true'
+        assert int(values['frames received']) > 0
+        assert int(values['frames skipped (no subscriber)']) > 0
 
 
 def encoded_message(encoding, width=32, height=24, bigendian=0, seed=0):

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 from semseg_ros.core import render
+from semseg_ros.core.models.base import SegmentationModel
+from semseg_ros.core.upsample import upsample_labels
 import torch
 import torch.nn.functional as F
 
@@ -103,8 +105,10 @@ class _Uploader:
 
 
 def compile_model(model):
-    """Replace the model's forward by its torch.compile'd version (shapes may vary)."""
+    """Replace the model's forward (and own ``logits``) by torch.compile'd versions."""
     model.forward = torch.compile(model.forward, dynamic=True)
+    if getattr(type(model), 'logits', SegmentationModel.logits) is not SegmentationModel.logits:
+        model.logits = torch.compile(model.logits, dynamic=True)
     return model
 
 
@@ -264,8 +268,13 @@ class Segmenter:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _infer(self, batch):
+        # In 'logits' mode the engine resizes the logits itself, so it takes them at the
+        # model's own output resolution (ESPNetv2: half the input) when the model offers it.
+        forward = self.model
+        if self.upsample == 'logits':
+            forward = getattr(self.model, 'logits', self.model)
         with self._autocast():
-            logits = self.model(batch)
+            logits = forward(batch)
         if logits.ndim != 4 or logits.shape[1] != self.model.num_classes:
             raise EngineError(
                 f'model returned shape {tuple(logits.shape)}; expected (N, '
@@ -281,23 +290,22 @@ class Segmenter:
             logits = logits[:, :-(-vh * ph // th), :-(-vw * pw // tw)]
         h, w = image[0].shape[:2]
         resize = tuple(logits.shape[1:]) != (h, w)
-        if resize and self.upsample == 'logits':
-            logits = F.interpolate(logits[None], size=(h, w), mode='bilinear',
-                                   align_corners=False)[0]
         out = {}
-        need_labels = bool(wanted & LABEL_OUTPUTS)
+        top = logits.max(dim=0)  # max().indices is much faster than argmax on the CPU
         if 'confidence' in wanted:
-            prob, labels = torch.softmax(logits, dim=0).max(dim=0)
-            conf = prob
-            if resize and self.upsample == 'labels':
-                conf = F.interpolate(prob[None, None], size=(h, w), mode='bilinear',
+            # At the logits' resolution, then resized like an image.
+            conf = render.max_probability(logits, top.values)
+            if resize:
+                conf = F.interpolate(conf[None, None], size=(h, w), mode='bilinear',
                                      align_corners=False)[0, 0]
             out['confidence'] = render.confidence(conf)
-        elif need_labels:
-            labels = logits.max(dim=0).indices  # much faster than argmax on the CPU
-        if need_labels:
-            if resize and self.upsample == 'labels':
-                labels = F.interpolate(labels[None, None].float(), size=(h, w),
+        if wanted & LABEL_OUTPUTS:
+            if not resize:
+                labels = top.indices
+            elif self.upsample == 'logits':
+                labels = upsample_labels(logits, (h, w), top.indices)
+            else:
+                labels = F.interpolate(top.indices[None, None].float(), size=(h, w),
                                        mode='nearest')[0, 0].long()
             if 'label' in wanted:
                 dtype = torch.uint8 if self.label_dtype == np.uint8 else torch.int32
@@ -320,6 +328,8 @@ class Segmenter:
             rgb = (rgb.to(torch.float32) * (255.0 / 65535.0)).round_().to(torch.uint8)
         if rgb.shape[2] == 1:
             return rgb.expand(-1, -1, 3)
+        if order == [0, 1, 2] and rgb.shape[2] == 3:
+            return rgb
         return rgb[:, :, order]
 
     def process(self, frames, outputs=OUTPUTS):

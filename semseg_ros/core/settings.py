@@ -98,6 +98,10 @@ PARAMETERS = (
     Spec('input_transport', 'raw', "'raw' subscribes image (sensor_msgs/Image); 'compressed' "
          'subscribes image/compressed (sensor_msgs/CompressedImage, jpeg or png).',
          choices=('raw', 'compressed'), change='restart'),
+    Spec('lazy_input', True, "Subscribe to a camera's input only while one of its enabled "
+         'outputs (or the grid) has a subscriber, so a node nobody listens to receives and '
+         'decodes nothing. false: always subscribed (frames are counted as skipped).',
+         change='runtime'),
     Spec('qos.input.reliability', 'best_effort', 'Input QoS reliability (best_effort '
          'matches both reliable and best-effort publishers).', choices=RELIABILITY,
          change='restart'),
@@ -178,6 +182,7 @@ class Settings:
     output_depth: int = 1
     cameras: Tuple[str, ...] = ('',)
     input_transport: str = 'raw'
+    lazy_input: bool = True
     autostart: bool = True
     diagnostics_period: float = 1.0
     stale_timeout: float = 2.0
@@ -277,6 +282,7 @@ def from_values(values):
         output_depth=v['qos.output.depth'],
         cameras=cameras,
         input_transport=v['input_transport'],
+        lazy_input=v['lazy_input'],
         autostart=v['autostart'],
         diagnostics_period=v['diagnostics_period'],
         stale_timeout=v['stale_timeout'],

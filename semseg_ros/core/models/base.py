@@ -59,6 +59,15 @@ class SegmentationModel(torch.nn.Module):
         """Return logits of shape (N, num_classes, h, w)."""
         raise NotImplementedError
 
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """
+        Return the logits at the model's own output resolution.
+
+        The engine calls this when it resizes the logits itself; a model whose ``forward``
+        ends by upsampling its logits overrides it to skip that step. Default: ``forward``.
+        """
+        return self(batch)
+
 
 class ModuleModel(SegmentationModel):
     """Wrap any ``torch.nn.Module`` (or scripted module) that maps NCHW to logits."""

@@ -327,6 +327,10 @@ class ESPNetv2(SegmentationModel):
 
     def forward(self, batch):
         """Return logits (N, 20, H, W) at the input's resolution."""
+        return _resize(self.logits(batch), batch.shape[2:])
+
+    def logits(self, batch):
+        """Return the decoder's half-resolution logits, before the final upsampling."""
         f1, f2, f3, f4 = self.base_net(batch)
         y = self.bu_dec_l1(f4)
         y = self.bu_br_l2(_resize(y, f3.shape[2:]) + self.merge_enc_dec_l2(f3))
@@ -334,8 +338,7 @@ class ESPNetv2(SegmentationModel):
         y = self.bu_br_l3(_resize(y, f2.shape[2:]) + self.merge_enc_dec_l3(f2))
         y = self.bu_dec_l3(y)
         y = self.bu_br_l4(_resize(y, f1.shape[2:]) + self.merge_enc_dec_l4(f1))
-        y = self.bu_dec_l4(y)
-        return _resize(y, batch.shape[2:])
+        return self.bu_dec_l4(y)
 
 
 def load_weights(model, state, source='state_dict'):
