@@ -5,7 +5,10 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.actions import SetEnvironmentVariable
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
+from launch.substitutions import PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
@@ -20,6 +23,8 @@ def generate_launch_description():
     autostart = LaunchConfiguration('autostart')
     use_respawn = LaunchConfiguration('use_respawn')
     log_level = LaunchConfiguration('log_level')
+    dds_profile = LaunchConfiguration('dds_profile')
+    profile_given = IfCondition(PythonExpression(["'", dds_profile, "' != ''"]))
     return LaunchDescription([
         DeclareLaunchArgument(
             'params_file', default_value=default_params,
@@ -42,6 +47,17 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'log_level', default_value='info',
             description='Logging level (debug, info, warn, error, fatal)'),
+        DeclareLaunchArgument(
+            'dds_profile', default_value='',
+            description='Fast DDS XML profile for the node, e.g. the installed '
+                        'config/fastdds_shm.xml (large shared-memory segments for 720p and '
+                        'larger raw images; give it to the camera driver and the consumers '
+                        'too); empty = as set in the environment'),
+        # Fast DDS 2.x (Jazzy) reads the first name, 3.x (Kilted) the second.
+        SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', dds_profile,
+                               condition=profile_given),
+        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', dds_profile,
+                               condition=profile_given),
         Node(
             package='semseg_ros',
             executable='semseg_node',
