@@ -41,6 +41,7 @@ from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
 from semseg_ros.core import ground
+from semseg_ros.core import memory
 from semseg_ros.core import pipeline
 from semseg_ros.core import settings as cfg
 from semseg_ros.core.engine import Frame
@@ -219,6 +220,12 @@ class SegmentationNode(LifecycleNode):
             startup_errors.append(str(exc))
             self.settings = cfg.from_values({})
         self._declare_camera_poses()
+        if self.settings.retain_memory:
+            # Before the torch thread exists, so that it shares the tuned arena.
+            applied = memory.retain_freed_memory()
+            self.get_logger().info(
+                'malloc: ' + (', '.join(applied) + ' set (retain_memory)' if applied
+                              else 'not glibc, retain_memory has no effect'))
         self.segmenter = None
         self.base_classes = None
         self.error = ''

@@ -139,6 +139,9 @@ PARAMETERS = (
          low=-7.0, high=7.0),
     Spec('camera_pose.yaw', 0.0, 'Camera body yaw (rad; positive turns left).',
          low=-7.0, high=7.0),
+    Spec('retain_memory', True, 'Linux/glibc: one malloc arena that keeps freed memory (mmap '
+         'threshold 32 MiB, trim threshold 1 GiB), so per-frame tensors reuse their pages instead '
+         'of page-faulting on fresh ones every frame. false: glibc defaults.', change='restart'),
     Spec('autostart', True, 'Configure and activate at start-up. false: a managed lifecycle '
          'node that waits for configure / activate (e.g. from a lifecycle manager).',
          change='restart'),
@@ -183,6 +186,7 @@ class Settings:
     cameras: Tuple[str, ...] = ('',)
     input_transport: str = 'raw'
     lazy_input: bool = True
+    retain_memory: bool = True
     autostart: bool = True
     diagnostics_period: float = 1.0
     stale_timeout: float = 2.0
@@ -283,6 +287,7 @@ def from_values(values):
         cameras=cameras,
         input_transport=v['input_transport'],
         lazy_input=v['lazy_input'],
+        retain_memory=v['retain_memory'],
         autostart=v['autostart'],
         diagnostics_period=v['diagnostics_period'],
         stale_timeout=v['stale_timeout'],
