@@ -1,7 +1,16 @@
 """Helpers shared by the benchmark scripts: rclpy contexts, QoS, the machine's description."""
 
 import os
+from pathlib import Path
 import platform
+import sys
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the scripts import semseg_ros from this checkout
+    sys.path.insert(0, str(ROOT))
+PARAMS = ROOT / 'config' / 'semseg.yaml'
+SHM_PROFILE = ROOT / 'config' / 'fastdds_shm.xml'
+ASSETS = ROOT.parent / 'shared' / 'assets'
 
 
 def ros_start(domain, name):

@@ -54,20 +54,17 @@ import threading
 import time
 import warnings
 
+from bench_common import ASSETS
 from bench_common import machine
+from bench_common import PARAMS
 from bench_common import qos
+from bench_common import ROOT
 from bench_common import ros_start
 from bench_common import ros_stop
+from bench_common import SHM_PROFILE
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-PARAMS = ROOT / 'config' / 'semseg.yaml'
-SHM_PROFILE = ROOT / 'config' / 'fastdds_shm.xml'
-ASSETS = ROOT.parent / 'shared' / 'assets'
 MARK_BEGIN = '<!-- e2e_bench:begin -->'
 MARK_END = '<!-- e2e_bench:end -->'
 WEIGHT_FILES = {'espnet': 'espnet_p_2_q_8_camvid.pth',

@@ -7,6 +7,8 @@ dict or a params YAML without ROS.
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
+import sys
 from typing import Any, Optional, Tuple
 
 import yaml
@@ -321,6 +323,27 @@ def params_file_values(path, node_name='semseg'):
         if isinstance(section, dict):
             merged.update(flatten(section.get('ros__parameters', {})))
     return merged
+
+
+def params_file_candidates():
+    """Return the folders that may hold config/semseg.yaml: ament index, sys.prefix, source."""
+    folders = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        folders.append(Path(get_package_share_directory('semseg_ros')))
+    except Exception:  # noqa: B902 - no ament index (AMENT_PREFIX_PATH unset): look further
+        pass
+    source = Path(__file__).resolve().parents[2]
+    return folders + [Path(sys.prefix) / 'share' / 'semseg_ros', source]
+
+
+def find_params_file():
+    """Return the first existing config/semseg.yaml of params_file_candidates(), or None."""
+    for folder in params_file_candidates():
+        path = folder / 'config' / 'semseg.yaml'
+        if path.is_file():
+            return str(path)
+    return None
 
 
 def load_params_file(path, node_name='semseg'):

@@ -76,19 +76,11 @@ class BagError(RuntimeError):
 
 def default_params_file():
     """Return the installed config/semseg.yaml (ament index, then sys.prefix), or the source's."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        candidates.append(Path(get_package_share_directory('semseg_ros')))
-    except Exception:  # noqa: B902 - no ament index (AMENT_PREFIX_PATH unset): look further
-        pass
-    candidates += [Path(sys.prefix) / 'share' / 'semseg_ros', Path(__file__).resolve().parents[2]]
-    for folder in candidates:
-        path = folder / 'config' / 'semseg.yaml'
-        if path.is_file():
-            return str(path)
-    raise BagError('no config/semseg.yaml found (searched ' + ', '.join(map(str, candidates))
-                   + '): pass --params')
+    path = cfg.find_params_file()
+    if path is None:
+        raise BagError('no config/semseg.yaml found (searched ' + ', '.join(
+            map(str, cfg.params_file_candidates())) + '): pass --params')
+    return path
 
 
 def output_namespace(topic, msgtype):

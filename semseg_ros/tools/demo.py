@@ -20,24 +20,15 @@ import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
+from semseg_ros.core import settings
 from semseg_ros.io.image import image_to_array
 from sensor_msgs.msg import Image
 
 
 def default_params_file():
     """Return the installed config/semseg.yaml (ament index, then this prefix) or the source's."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        candidates.append(Path(get_package_share_directory('semseg_ros')))
-    except Exception:  # noqa: B902 - no ament index (AMENT_PREFIX_PATH unset)
-        pass
-    candidates += [Path(sys.prefix) / 'share' / 'semseg_ros', Path(__file__).resolve().parents[2]]
-    for folder in candidates:
-        path = folder / 'config' / 'semseg.yaml'
-        if path.is_file():
-            return str(path)
-    return str(candidates[-1] / 'config' / 'semseg.yaml')
+    found = settings.find_params_file()
+    return found or str(settings.params_file_candidates()[-1] / 'config' / 'semseg.yaml')
 
 
 class OverlayRecorder(Node):
