@@ -22,9 +22,10 @@ three cameras in one node / three single-camera nodes) it reports:
 - node CPU (utime + stime from /proc/<pid>/stat over the full-speed phase, 100 % = one core),
   peak RSS (VmHWM), the node's own 'frames dropped' (from /diagnostics) and published - received.
 
-Beside it, in the same run: the bare model forward (in this process, no other process running,
-the model input the node uses, batch 1 or 3, on the main thread and on a worker thread, right
-before and right after each node run; the fastest is the limit) and the DDS transport of the
+Beside it, in the same run: the bare model forward (in a fresh process set up like the node:
+its malloc settings, one thread for all torch work; no other process running; the model input
+the node uses, batch 1 or 3; right before and right after each node run, the faster is the
+limit) and the DDS transport of the
 same images with no node in between (an echo process that answers each image with prebuilt
 output images of the same sizes: publisher -> echo -> subscriber), for each Fast DDS profile of
 `--dds-profiles`; the nodes run with `--node-dds-profile` (default config/fastdds_shm.xml).
@@ -561,13 +562,8 @@ def load_model(spec, device):
     return create_model(spec['backend'], **options).eval().to(dev), dev
 
 
-def bare_forward(model, dev, size, batch, budget=3.0, worker=False):
-    """
-    Return the median ms of model(batch) on a random (batch, 3, h, w) tensor, like engine_bench.
-
-    worker=True runs it on a fresh thread, as the node's worker does: with the default
-    OpenMP wait policy the two can differ a lot on a machine whose cores are shared.
-    """
+def bare_forward(model, dev, size, batch, budget=3.0):
+    """Return the median ms of model(batch) on a random (batch, 3, h, w) input (engine_bench)."""
     import torch
     w, h = size
     x = torch.randn(batch, 3, h, w, device=dev)
@@ -580,19 +576,25 @@ def bare_forward(model, dev, size, batch, budget=3.0, worker=False):
             torch.cuda.synchronize(dev)
         return (time.perf_counter() - start) * 1000.0
 
-    def measure(out):
-        first = once()
-        repeat = int(min(15, max(2, budget * 1000.0 / max(first, 1e-3))))
-        out.append(statistics.median(once() for _ in range(repeat)))
+    first = once()
+    repeat = int(min(15, max(2, budget * 1000.0 / max(first, 1e-3))))
+    return statistics.median(once() for _ in range(repeat))
 
-    result = []
-    if worker:
-        thread = threading.Thread(target=measure, args=(result,), name='bare_forward')
-        thread.start()
-        thread.join()
-    else:
-        measure(result)
-    return result[0]
+
+def bare_forward_main(spec_text, batch, device):
+    """
+    Print the bare forward ms of a model spec as JSON, in a process set up like the node's.
+
+    A fresh process with the node's malloc settings (retain_memory) and one thread doing all
+    torch work: the limit does not inherit this long-lived process's allocator or OpenMP state.
+    """
+    from semseg_ros.core.memory import retain_freed_memory
+    retain_freed_memory()
+    warnings.filterwarnings('ignore', category=FutureWarning)
+    spec = json.loads(spec_text)
+    model, dev = load_model(spec, device)
+    print(json.dumps({'ms': bare_forward(model, dev, tuple(spec['input']), int(batch))}))
+    return 0
 
 
 # The orchestrator.
@@ -824,7 +826,8 @@ class Run:
                 'received': len(records), 'lost': len(wanted) - len(records),
                 'node_dropped': diag_delta(before, self.diagnostics, 'frames dropped'),
                 'cpu': cpu, 'sys_cpu': sys_cpu, 'faults_per_s': faults,
-                'harness_cpu': harness_cpu}
+                'harness_cpu': harness_cpu,
+                'work': work_split(before, self.diagnostics, in_window / seconds)}
 
     def close(self):
         """Stop publisher and subscriber."""
@@ -857,13 +860,49 @@ def diag_delta(before, after, key):
     return total
 
 
-def stage_times(diagnostics):
-    """Return 'pre/inf/post' ms of the node's last frame from diagnostics, or ''."""
-    for values in diagnostics.values():
-        if 'inference (ms)' in values:
-            return '/'.join(str(round(float(values[f'{k} (ms)'])))
-                            for k in ('preprocess', 'inference', 'postprocess'))
-    return ''
+WORK_STAGES = ('decode', 'preprocess', 'inference', 'postprocess', 'publish', 'busy')
+
+
+def work_totals(diagnostics):
+    """Return {node: {stage: seconds, 'frames': n}} from the nodes' cumulative work values."""
+    nodes = {}
+    for name, values in diagnostics.items():
+        if 'frames total' not in values:
+            continue
+        node = name.split(': camera', 1)[0]  # each camera status repeats its node's totals
+        try:
+            nodes[node] = dict({k: float(values[f'{k} total (s)']) for k in WORK_STAGES},
+                               frames=int(values['frames total']))
+        except (KeyError, ValueError):
+            pass
+    return nodes
+
+
+def work_split(before, after, throughput):
+    """
+    Return where the nodes' worker threads spent a phase: ms per frame of each stage, and busy.
+
+    busy_pct = the share of the time the worker was processing (mean over the nodes) at the
+    phase's output rate; the rest it waited for a frame or for the GIL between frames.
+    """
+    start, end = work_totals(before), work_totals(after)
+    if not end:
+        return {}
+    delta = {k: sum(end[n][k] - start.get(n, {}).get(k, 0.0) for n in end)
+             for k in WORK_STAGES + ('frames',)}
+    frames = max(delta['frames'], 1)
+    split = {k: 1000.0 * delta[k] / frames for k in WORK_STAGES}
+    split['busy_pct'] = 100.0 * split['busy'] * 1e-3 * throughput / len(end)
+    split['frames'] = delta['frames']
+    return split
+
+
+def work_text(split):
+    """Return 'decode/pre/inf/post/publish ms, busy %' of a work split, or '-'."""
+    if not split:
+        return '-'
+    ms = '/'.join(fmt(split[k], 0 if split[k] >= 10 else 1) for k in WORK_STAGES[:-1])
+    return f'{ms}; {fmt(split["busy_pct"], 0)} %'
 
 
 def child_env(args, domain, profile):
@@ -903,19 +942,18 @@ class Bench:
         return domain
 
     def bare(self, spec, batch):
-        """
-        Measure the bare forward ms of a model spec at a batch size now; keep the samples.
-
-        Measured on the main thread and on a worker thread (like the node); returns the faster.
-        """
-        model, dev = load_model(spec, self.args.device)
-        times = []
-        for worker in (False, True):
-            ms = bare_forward(model, dev, spec['input'], batch, worker=worker)
-            key = (spec['weights'], spec['input'], batch, 'worker' if worker else 'main')
-            self.forward.setdefault(key, []).append(ms)
-            times.append(ms)
-        return min(times)
+        """Measure the bare forward ms of a model spec at a batch size now; keep the sample."""
+        env = child_env(self.args, self.domains[0], 'none')
+        env.update(dict(v.split('=', 1) for v in self.args.node_env))
+        cmd = [sys.executable, str(Path(__file__).resolve()), '--bare-forward',
+               json.dumps(spec), str(batch), self.args.device]
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=NODE_TIMEOUT + 120)
+        if done.returncode != 0:
+            raise RuntimeError(f'bare forward failed: {done.stderr[-1500:]}')
+        ms = json.loads(done.stdout.strip().splitlines()[-1])['ms']
+        self.forward.setdefault((spec['weights'], spec['input'], batch), []).append(ms)
+        return ms
 
     def echo(self, size, transport, cameras, profile):
         """Measure publisher -> echo -> subscriber for one size, transport and camera count."""
@@ -999,7 +1037,6 @@ class Bench:
             full = run.phase(('window', args.window, args.seconds, timeout), nodes.check,
                              CpuMeter(nodes.pids))
             nodes.profile_window('stop')
-            stages = stage_times(run.diagnostics)
             rate = args.rate if args.rate != 'auto' else \
                 max(0.1, 0.5 * full['throughput'] / cameras)
             rate = float(rate)
@@ -1019,7 +1056,7 @@ class Bench:
                'nodes': count, 'profile': profile, 'batch': batch, 'forward_ms': forward,
                'bare_rate': 1000.0 * batch / forward, 'full': full, 'rate': rate, 'fixed': fixed,
                'quiet_cpu': quiet_cpu, 'idle_cpu': idle_cpu, 'idle_frames': idle_frames,
-               'idle_outputs': idle_out, 'rss_mb': rss, 'stages': stages, 'device': device,
+               'idle_outputs': idle_out, 'rss_mb': rss, 'device': device,
                'profiles': [str(p) for p in nodes.profiles]}
         self.nodes_rows.append(row)
         f = full['latency_ms']
@@ -1030,7 +1067,8 @@ class Bench:
                  f'{full["faults_per_s"]:.0f} page faults/s; publisher + subscriber + this '
                  f'process '
                  f'{full["harness_cpu"]:.0f} %), idle {idle_cpu:.1f} % ({idle_frames} frames in); '
-                 f'RSS {rss:.0f} MiB; stages {stages}')
+                 f'RSS {rss:.0f} MiB; worker per frame decode/pre/inf/post/publish ms, '
+                 f'busy: {work_text(full["work"])}')
         return row
 
     def run(self):
@@ -1090,7 +1128,8 @@ def nodes_table(rows):
              'p50 / p95 / p99 ms | fixed rate Hz | fixed p50 / p95 / p99 ms | lost / published '
              '(full; fixed) | node dropped | node CPU % (kernel) | no-subscriber CPU % '
              '(frames in) | '
-             'peak RSS MiB | node stages pre / inf / post ms |',
+             'peak RSS MiB | node worker per frame at full speed: decode / pre / inference / '
+             'post / publish ms; busy % |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         full, fixed = r['full'], r['fixed']
@@ -1102,19 +1141,19 @@ def nodes_table(rows):
             f'{full["node_dropped"] + fixed["node_dropped"]} | '
             f'{fmt(full["cpu"], 0)} ({fmt(full["sys_cpu"], 0)}) | {fmt(r["idle_cpu"])} '
             f'({r["idle_frames"]}) | '
-            f'{fmt(r["rss_mb"], 0)} | {r["stages"] or "-"} |')
+            f'{fmt(r["rss_mb"], 0)} | {work_text(full["work"])} |')
     return '\n'.join(lines)
 
 
 def limits_tables(bench):
     """Return the markdown tables of the limits: bare forward and transport."""
-    lines = ['| model | model input | batch | thread | bare forward ms (median of n, min - max) '
-             '| bare forward frames/s |', '|---|---|---|---|---|---|']
-    for (weights, size, batch, thread), samples in sorted(bench.forward.items(),
-                                                          key=lambda kv: kv[0][1:]):
+    lines = ['| model | model input | batch | bare forward ms (median of n, min - max) '
+             '| bare forward frames/s |', '|---|---|---|---|---|']
+    for (weights, size, batch), samples in sorted(bench.forward.items(),
+                                                  key=lambda kv: kv[0][1:]):
         model = Path(weights).name.split('_')[0]
         ms = statistics.median(samples)
-        lines.append(f'| {model} | {size_text(size)} | {batch} | {thread} | {fmt(ms)} (n = '
+        lines.append(f'| {model} | {size_text(size)} | {batch} | {fmt(ms)} (n = '
                      f'{len(samples)}, {fmt(min(samples))} - {fmt(max(samples))}) | '
                      f'{fmt(1000.0 * batch / ms, 2)} |')
     if bench.echo_rows:
@@ -1202,11 +1241,14 @@ def report(bench, command, minutes, load):
         '',
         nodes_table(bench.nodes_rows),
         '',
-        '**Limits in the same run**: bare forward of the model in this process (random input '
-        "at the model input size, on the main thread and on a worker thread like the node's; "
-        'a node row is compared with the fastest of the four medians taken right before and '
-        'right after it); transport = publisher -> echo process -> subscriber with the same '
-        'messages and prebuilt outputs, no work:',
+        '**Limits in the same run**: bare forward of the model (random input at the model '
+        "input size, each time in a fresh process set up like the node's: retain_memory, one "
+        'thread for all torch work; a node row is compared with the faster of the two medians '
+        'taken right before and right after it); transport = publisher -> echo process -> '
+        'subscriber with the same messages and prebuilt outputs, no work. The last column of '
+        "the node table is the node's own account of its worker thread (`/diagnostics` "
+        "'... total (s)' values over the full-speed phase): ms per frame in each stage, and "
+        'busy = share of the time it was processing a frame:',
         '',
         limits_tables(bench),
         '',
@@ -1318,6 +1360,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == '--profiled-node':
         return profiled_node(argv[1], argv[2:]) or 0
+    if argv and argv[0] == '--bare-forward':
+        return bare_forward_main(*argv[1:4])
     args = parse_args(argv)
     warnings.filterwarnings('ignore', category=FutureWarning)  # torch.jit deprecation notes
     load = ', '.join(f'{v:.2f}' for v in os.getloadavg())
@@ -1333,7 +1377,7 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(
             {'nodes': bench.nodes_rows, 'echo': bench.echo_rows, 'ratios': ratio_rows(bench),
-             'forward_ms': [[Path(k[0]).name, list(k[1]), k[2], k[3], v]
+             'forward_ms': [[Path(k[0]).name, list(k[1]), k[2], v]
                             for k, v in bench.forward.items()],
              'failures': bench.failures, 'minutes': minutes}, indent=1, default=str))
     if args.markdown:

@@ -145,6 +145,41 @@ class CameraStats:
             del self.latency[:len(self.latency) - LATENCY_WINDOW]
 
 
+class WorkStats:
+    """Where the worker thread's time goes: cumulative seconds per stage, and a busy window."""
+
+    STAGES = ('decode', 'preprocess', 'inference', 'postprocess', 'publish')
+
+    def __init__(self):
+        self.totals = dict.fromkeys(self.STAGES + ('busy',), 0.0)
+        self.frames = 0
+        self.window = dict.fromkeys(self.STAGES + ('busy',), 0.0)
+        self.window_frames = 0
+        self.window_start = time.monotonic()
+
+    def add(self, seconds, frames):
+        """Add one batch: seconds per stage (and 'busy', the whole batch) for `frames` frames."""
+        for key, value in seconds.items():
+            self.totals[key] += value
+            self.window[key] += value
+        self.frames += frames
+        self.window_frames += frames
+
+    def values(self, now):
+        """Return the diagnostics values and start a new window."""
+        elapsed = max(now - self.window_start, 1e-6)
+        values = {'worker busy (%)': f'{100.0 * min(self.window["busy"] / elapsed, 1.0):.0f}'}
+        if self.window_frames:
+            values.update({f'{k} (ms/frame)': f'{1000.0 * self.window[k] / self.window_frames:.1f}'
+                           for k in self.STAGES})
+        values.update({f'{k} total (s)': f'{v:.3f}' for k, v in self.totals.items()})
+        values['frames total'] = str(self.frames)
+        self.window = dict.fromkeys(self.window, 0.0)
+        self.window_frames = 0
+        self.window_start = now
+        return values
+
+
 class Camera:
     """One input: its publishers, its subscription and the newest unprocessed frame."""
 
@@ -238,6 +273,7 @@ class SegmentationNode(LifecycleNode):
         self.grid = None
         self._active = False
         self._cond = threading.Condition()
+        self._work = WorkStats()
         self._stop = True
         self._worker = None
         # Every torch call (build, warm-up, inference, freeing memory) runs on this one thread:
@@ -501,6 +537,7 @@ class SegmentationNode(LifecycleNode):
         seg = self.segmenter
         if seg is None:
             return
+        t0 = time.perf_counter()
         enabled = self.settings.outputs
         grid = self.grid if self.grid is not None and self.grid.wanted() else None
         jobs = []
@@ -520,7 +557,9 @@ class SegmentationNode(LifecycleNode):
         compute = set().union(*(w for _, _, _, w in jobs))
         if grid is not None:
             compute.add('drivable')
+        t1 = time.perf_counter()
         results = seg.process([frame for _, _, frame, _ in jobs], compute)
+        t2 = time.perf_counter()
         label_encoding = seg.classes.label_encoding
         for (camera, msg, _, wanted), result in zip(jobs, results):
             for name in wanted:
@@ -531,6 +570,10 @@ class SegmentationNode(LifecycleNode):
         if grid is not None:
             grid.publish([(camera.name, msg.header, result['drivable'])
                           for (camera, msg, _, _), result in zip(jobs, results)])
+        t3 = time.perf_counter()
+        seconds = dict(seg.timings, decode=t1 - t0, publish=t3 - t2, busy=t3 - t0)
+        with self._cond:
+            self._work.add(seconds, len(jobs))
 
     def _count_output(self, camera, msg):
         now = self.get_clock().now().nanoseconds
@@ -554,11 +597,13 @@ class SegmentationNode(LifecycleNode):
             status.values = [KeyValue(key='model',
                                       value=self.get_parameter('model.backend').value)]
             array.status.append(status)
+        with self._cond:
+            work = self._work.values(time.monotonic())
         for camera in list(self.cameras):
-            array.status.append(self._camera_status(camera))
+            array.status.append(self._camera_status(camera, work))
         self.diagnostics.publish(array)
 
-    def _camera_status(self, camera):
+    def _camera_status(self, camera, work):
         seg = self.segmenter
         now = time.monotonic()
         with self._cond:
@@ -610,8 +655,7 @@ class SegmentationNode(LifecycleNode):
             'device': str(seg.device) if seg else 'none',
             'model': self.settings.backend,
         }
-        if seg is not None:
-            values.update({f'{k} (ms)': f'{v * 1000.0:.1f}' for k, v in seg.timings.items()})
+        values.update(work)  # the worker's time, shared by all cameras of the node
         if self.grid is not None:
             values['grid'] = self.grid.status()
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]

@@ -31,6 +31,9 @@ def test_e2e_bench_quick(tmp_path):
     assert node['fixed']['received'] > 0
     assert node['full']['cpu'] > 0
     assert node['rss_mb'] > 50
+    work = node['full']['work']  # the node's own account of its worker thread
+    assert work['frames'] > 0 and work['inference'] > 0
+    assert 0 < work['busy_pct'] and work['busy'] >= work['inference']
     assert node['idle_frames'] == 0  # lazy_input: nothing received while nobody subscribed
     echo = result['echo'][0]
     assert echo['full']['throughput'] > 0 and echo['fixed']['received'] > 0

@@ -16,6 +16,7 @@ from rclpy.qos import ReliabilityPolicy
 from semseg_ros.core.models import torchscript
 from semseg_ros.core.models.base import Preprocess
 from semseg_ros.io.image import image_to_array
+from semseg_ros.node import WorkStats
 from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -150,6 +151,21 @@ def test_three_cameras_batched_with_their_own_headers(tiny_model):
             assert (label.width, label.height) == (36, 24 + 6 * i)
             want = np.roll(expected_labels(24 + 6 * i, 36), 12 * i, axis=1)
             assert np.array_equal(image_to_array(label)[0][:, :, 0], want)
+        # The worker's time accounting covers every processed frame (probes included),
+        # whatever batches they came in: read once the node is idle.
+        harness = harnesses['front']
+        harness.diagnostics.clear()
+        harness.spin(1.0)
+        diagnostics_status(harness, lambda st: True)
+        statuses = [{kv.key: kv.value for kv in st.values}
+                    for st in harness.diagnostics[-1].status]
+        values = statuses[0]
+        assert len(statuses) == 3
+        assert int(values['frames total']) == sum(int(v['frames processed']) for v in statuses)
+        assert int(values['frames total']) >= 6, values  # a probe and a frame per camera
+        totals = {k: float(values[f'{k} total (s)']) for k in WorkStats.STAGES + ('busy',)}
+        assert totals['inference'] > 0.0
+        assert sum(totals[k] for k in WorkStats.STAGES) <= totals['busy'] + 1e-3
     finally:
         for harness in harnesses.values():
             harness.close()
@@ -297,3 +313,22 @@ def test_each_bad_image_is_counted_and_the_next_processed(tiny_model):
         harness.close()
         log = stop_node(process)
     assert 'unknown encoding' in log.lower() or 'weird16' in log
+
+
+def test_work_stats_split_the_worker_time_per_frame():
+    work = WorkStats()
+    stage = {'decode': 0.001, 'preprocess': 0.002, 'inference': 0.010, 'postprocess': 0.003,
+             'publish': 0.001}
+    work.window_start -= 1.0  # one second of window
+    work.add(dict(stage, busy=0.020), 1)
+    work.add(dict(stage, busy=0.040), 3)  # a batch of three
+    values = work.values(work.window_start + 1.0)
+    assert values['worker busy (%)'] == '6'
+    assert values['inference (ms/frame)'] == '5.0'  # 20 ms over 4 frames
+    assert values['frames total'] == '4'
+    assert values['busy total (s)'] == '0.060'
+    # A new window: no frames yet, so no per-frame means, totals kept.
+    values = work.values(work.window_start + 0.5)
+    assert values['worker busy (%)'] == '0'
+    assert 'inference (ms/frame)' not in values
+    assert values['inference total (s)'] == '0.020'
