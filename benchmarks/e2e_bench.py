@@ -654,7 +654,7 @@ class Nodes:
         base = ['--ros-args', '--params-file', str(PARAMS),
                 '-p', f'device:={args.device}', '-p', 'diagnostics_period:=0.5',
                 '-p', f'input_transport:={transport}']
-        for param in spec['params']:
+        for param in spec['params'] + args.node_params:
             base += ['-p', param]
         commands = []
         if nodes == 1 and cameras > 1:
@@ -1205,7 +1205,10 @@ def ratios_table(bench):
              'outputs/s | no-subscriber CPU % (frames in / no input) |',
              '|---|---|---|---|---|---|---|']
     for r in ratio_rows(bench):
-        ok = 'ok' if r['p50'] <= r['latency_limit'] else 'missed'
+        if r['latency_limit'] != r['latency_limit']:  # NaN: no transport measured
+            ok = 'n/a (no transport run)'
+        else:
+            ok = 'ok' if r['p50'] <= r['latency_limit'] else 'missed'
         target = r['size'] in ((480, 360), (1280, 720))
         met = (' ok' if r['throughput_ratio'] >= 0.85 else ' missed') if target else ''
         batch = (f'{fmt(r["batched"], 2)} vs {fmt(r["separate"], 2)} '
@@ -1233,6 +1236,7 @@ def report(bench, command, minutes, load):
         f'{", ".join(args.outputs)}. Node processes: Fast DDS profile '
         f'{profile_name(args.node_dds_profile)}'
         + (f', environment {" ".join(args.node_env)}' if args.node_env else '')
+        + (f', parameters {" ".join(args.node_params)}' if args.node_params else '')
         + f'. Full speed = {args.window} frames in flight per camera; fixed rate = '
         + ('half the full-speed rate' if args.rate == 'auto' else f'{args.rate:g} Hz')
         + f' per camera; {args.seconds:g} s per phase.',
@@ -1336,6 +1340,8 @@ def parse_args(argv):
     parser.add_argument('--node-env', nargs='+', default=[], metavar='NAME=VALUE',
                         help='extra environment of the node processes (e.g. '
                              'OMP_WAIT_POLICY=PASSIVE, LD_PRELOAD=libjemalloc.so.2)')
+    parser.add_argument('--node-params', nargs='+', default=[], metavar='NAME:=VALUE',
+                        help='extra -p overrides of the node processes (e.g. executor:=events)')
     parser.add_argument('--no-echo', action='store_true', help='skip the transport baseline')
     parser.add_argument('--echo-only', action='store_true',
                         help='only the transport baseline (compare --dds-profiles)')
