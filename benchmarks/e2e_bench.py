@@ -188,7 +188,15 @@ def publisher_main(control, acks, spec):
                         published.append((i, stamp))
                 if now >= end:
                     break
-                for i, stamp in drain(min(0.005, end - now)):
+                # Sleep until an acknowledgement comes, or the next thing to do: the end, a
+                # frame's timeout, or the gap before a free slot may be filled.
+                wake = end
+                for i, stamps in enumerate(flying):
+                    if stamps:
+                        wake = min(wake, min(stamps.values()) + timeout)
+                    if len(stamps) < window:
+                        wake = min(wake, last[i] + gap if stamps else now)
+                for i, stamp in drain(max(0.0, wake - time.monotonic())):
                     sent = flying[i].get(stamp)
                     if sent is not None:
                         recent.append(time.monotonic() - sent)
@@ -243,7 +251,8 @@ def subscriber_main(control, acks, spec):
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, qos(True, 50))
     control.send(('ready',))
     while True:
-        executor.spin_once(timeout_sec=0.005)
+        # Outputs are handled (and acknowledged) as they arrive; commands wait up to 50 ms.
+        executor.spin_once(timeout_sec=0.05)
         if not control.poll():
             continue
         cmd = control.recv()
@@ -1341,7 +1350,7 @@ def parse_args(argv):
                         help='extra environment of the node processes (e.g. '
                              'OMP_WAIT_POLICY=PASSIVE, LD_PRELOAD=libjemalloc.so.2)')
     parser.add_argument('--node-params', nargs='+', default=[], metavar='NAME:=VALUE',
-                        help='extra -p overrides of the node processes (e.g. executor:=events)')
+                        help='extra -p overrides of the node processes (e.g. max_batch:=3)')
     parser.add_argument('--no-echo', action='store_true', help='skip the transport baseline')
     parser.add_argument('--echo-only', action='store_true',
                         help='only the transport baseline (compare --dds-profiles)')

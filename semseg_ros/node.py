@@ -691,32 +691,17 @@ def check_command_line(argv):
     return errors
 
 
-def make_executor(name, logger):
-    """Return the executor named by the `executor` parameter (single_threaded as fallback)."""
-    if name == 'events':
-        try:
-            from rclpy.experimental import EventsExecutor
-            return EventsExecutor()
-        except ImportError as exc:
-            logger.warning(f'executor: events is not available in this rclpy ({exc}); using '
-                           'single_threaded')
-    return rclpy.executors.SingleThreadedExecutor()
-
-
 def main(args=None):
     """Run the node; accepts standard --ros-args (params files, remaps)."""
     rclpy.init(args=args)
     node = SegmentationNode(startup_errors=check_command_line(
         sys.argv if args is None else args))
-    executor = make_executor(node.settings.executor, node.get_logger())
-    executor.add_node(node)
     try:
-        executor.spin()
+        rclpy.spin(node)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:
         node.destroy_node()
-        executor.shutdown()
         rclpy.try_shutdown()
     return 0
 

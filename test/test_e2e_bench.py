@@ -14,7 +14,6 @@ def test_e2e_bench_quick(tmp_path):
            '--sizes', '96x72', '--models', 'tiny', '--transport', 'raw', '--cameras', '1',
            '--seconds', '1', '--idle-seconds', '0.5', '--grace', '1',
            '--dds-profiles', 'none', '--node-dds-profile', 'none', '--domains', '89', '89',
-           '--node-params', 'executor:=events',
            '--workdir', str(tmp_path), '--json', str(result_file)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     log = done.stdout[-4000:] + done.stderr[-4000:]

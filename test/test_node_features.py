@@ -91,11 +91,11 @@ def expect_nothing(harness, seconds=2.0):
     return (header.stamp.sec, header.stamp.nanosec) not in harness.received
 
 
-@pytest.mark.parametrize('executor,domain', [('single_threaded', 25), ('events', 37)])
-def test_lifecycle_transitions_through_the_services(tiny_model, tmp_path, executor, domain):
+def test_lifecycle_transitions_through_the_services(tiny_model, tmp_path):
+    domain = 25
     bad = [p if not p.startswith('model.weights') else f'model.weights:={tmp_path}/none.pt'
            for p in tiny_model]
-    process = start_node(domain, 'autostart:=false', f'executor:={executor}', *bad)
+    process = start_node(domain, 'autostart:=false', *bad)
     harness = Harness(domain)
     try:
         assert lifecycle(harness) == State.PRIMARY_STATE_UNCONFIGURED

@@ -144,10 +144,6 @@ PARAMETERS = (
     Spec('retain_memory', True, 'Linux/glibc: one malloc arena that keeps freed memory (mmap '
          'threshold 32 MiB, trim threshold 1 GiB), so per-frame tensors reuse their pages instead '
          'of page-faulting on fresh ones every frame. false: glibc defaults.', change='restart'),
-    Spec('executor', 'single_threaded', "The node's executor: single_threaded (rclpy's "
-         'Python executor) or events (rclpy.experimental.EventsExecutor: callbacks dispatched '
-         'from C++, less CPU per received frame; rclpy >= 7.1.4 on Jazzy).',
-         choices=('single_threaded', 'events'), change='restart'),
     Spec('autostart', True, 'Configure and activate at start-up. false: a managed lifecycle '
          'node that waits for configure / activate (e.g. from a lifecycle manager).',
          change='restart'),
@@ -193,7 +189,6 @@ class Settings:
     input_transport: str = 'raw'
     lazy_input: bool = True
     retain_memory: bool = True
-    executor: str = 'single_threaded'
     autostart: bool = True
     diagnostics_period: float = 1.0
     stale_timeout: float = 2.0
@@ -295,7 +290,6 @@ def from_values(values):
         input_transport=v['input_transport'],
         lazy_input=v['lazy_input'],
         retain_memory=v['retain_memory'],
-        executor=v['executor'],
         autostart=v['autostart'],
         diagnostics_period=v['diagnostics_period'],
         stale_timeout=v['stale_timeout'],
