@@ -39,7 +39,8 @@ def test_sparse_labels_equal_dense_labels(shape, size):
     logits = smooth_logits(*shape, seed=sum(size))
     dense = dense_labels(logits, size)
     sparse = sparse_labels(logits, size)
-    assert sparse.shape == size and sparse.dtype == torch.int64
+    assert sparse.shape == size
+    assert sparse.dtype == (torch.uint8 if shape[0] <= 256 else torch.int32)
     # Only float rounding at near-ties may differ.
     assert (dense == sparse).float().mean().item() >= 0.9999
 
@@ -50,7 +51,7 @@ def test_piecewise_constant_logits_give_identical_labels():
     labels[18:, :25] = 1
     logits = F.one_hot(labels, 3).permute(2, 0, 1).float() * 5.0
     for size in ((90, 120), (31, 41), (12, 16)):
-        assert torch.equal(sparse_labels(logits, size), dense_labels(logits, size))
+        assert torch.equal(sparse_labels(logits, size).long(), dense_labels(logits, size))
 
 
 @settings(max_examples=150, deadline=None)

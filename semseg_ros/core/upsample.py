@@ -37,10 +37,10 @@ def dense_labels(logits, size):
 
 def sparse_labels(logits, size, low=None):
     """
-    Return the same labels as ``dense_labels``, interpolating only at class borders.
+    Return the labels of ``dense_labels``, interpolating only at class borders.
 
-    Ties between classes aside, the result is identical; it needs the logits as float32.
-    ``low`` is the argmax of the logits when the caller has it already.
+    Ties between classes aside, the result is identical; it needs the logits as float32. It is
+    uint8 (int32 past 256 classes). ``low`` is the argmax of the logits when the caller has it.
     """
     channels, h, w = logits.shape
     out_h, out_w = (int(v) for v in size)
@@ -49,30 +49,34 @@ def sparse_labels(logits, size, low=None):
     if low is None:
         low = logits.max(dim=0).indices
     low = low.to(torch.uint8 if channels <= 256 else torch.int32)
-    top, bottom = low.index_select(0, y0), low.index_select(0, y1)
-    labels = top.index_select(1, x0)
-    mixed = labels != top.index_select(1, x1)
-    mixed |= labels != bottom.index_select(1, x0)
-    mixed |= labels != bottom.index_select(1, x1)
-    labels = labels.long()
-    ys, xs = mixed.nonzero(as_tuple=True)
+    # An output pixel's taps are source pixels (y0, x0) to (y0 + 1, x0 + 1), clamped at the
+    # edges: it is a border pixel when that 2 x 2 block has more than one argmax. Found at the
+    # logits' resolution, then spread like the labels.
+    right = torch.cat((low[:, 1:], low[:, -1:]), 1)
+    mixed = low != right
+    mixed |= low != torch.cat((low[1:], low[-1:]), 0)
+    mixed |= low != torch.cat((right[1:], right[-1:]), 0)
+    labels = low.index_select(0, y0).index_select(1, x0)
+    ys, xs = mixed.index_select(0, y0).index_select(1, x0).nonzero(as_tuple=True)
     if ys.numel():
-        flat = logits.reshape(channels, -1)
+        # Pixel-major (h * w, C) logits: each border pixel gathers four contiguous rows.
+        pixels = logits.reshape(channels, -1).t().contiguous()
         row0, row1 = y0[ys] * w, y1[ys] * w
         col0, col1 = x0[xs], x1[xs]
-        fy, fx = wy[ys], wx[xs]
-        upper = torch.lerp(flat[:, row0 + col0], flat[:, row0 + col1], fx)
-        lower = torch.lerp(flat[:, row1 + col0], flat[:, row1 + col1], fx)
-        labels[ys, xs] = torch.lerp(upper, lower, fy).max(dim=0).indices
+        fy, fx = wy[ys, None], wx[xs, None]
+        upper = pixels.index_select(0, row0 + col0).lerp_(pixels.index_select(0, row0 + col1), fx)
+        lower = pixels.index_select(0, row1 + col0).lerp_(pixels.index_select(0, row1 + col1), fx)
+        labels[ys, xs] = upper.lerp_(lower, fy).max(dim=1).indices.to(labels.dtype)
     return labels
 
 
 def upsample_labels(logits, size, low=None):
     """
-    Return the (H, W) int64 argmax labels of (C, h, w) logits bilinearly resized to size.
+    Return the (H, W) argmax labels of (C, h, w) logits bilinearly resized to size.
 
     The CPU takes the border-only path; CUDA interpolates every channel (cheap there, and it
-    avoids the host synchronisation of ``nonzero``). Both give the same labels.
+    avoids the host synchronisation of ``nonzero``). Both give the same labels (integer
+    dtypes differ: uint8 / int32 on the CPU, int64 on CUDA).
     """
     if logits.device.type == 'cpu':
         return sparse_labels(logits, size, low)
