@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 
+from bench_common import ASSETS
 from bench_common import machine
 import cv2
 import numpy as np
@@ -134,8 +135,11 @@ def main(argv=None):
     parser.add_argument('--repeat', type=int, default=15, help='runs per median')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--models', nargs='+', default=['espnet', 'espnetv2'])
-    parser.add_argument('--cache', default=os.environ.get('SEMSEG_ROS_CACHE', ''),
-                        help='folder with the published weights (random weights otherwise)')
+    default_cache = os.environ.get('SEMSEG_ROS_CACHE') or (
+        str(ASSETS / 'models') if (ASSETS / 'models').is_dir() else '')
+    parser.add_argument('--cache', default=default_cache,
+                        help='folder with the published weights (default: $SEMSEG_ROS_CACHE, '
+                             'else ../shared/assets/models; random weights when missing)')
     parser.add_argument('--images', nargs='+', choices=('road', 'noise'),
                         default=['road', 'noise'], help='inputs to time')
     parser.add_argument('--markdown', help='update the engine_bench section of this file')
