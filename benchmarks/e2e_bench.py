@@ -930,6 +930,13 @@ def child_env(args, domain, profile):
     return env
 
 
+def node_child_env(args, domain, profile):
+    """Return the environment of a node process: child_env plus --node-env."""
+    env = child_env(args, domain, profile)
+    env.update(item.split('=', 1) for item in args.node_env)
+    return env
+
+
 class Bench:
     """The whole benchmark: configurations, limits, tables."""
 
@@ -952,8 +959,7 @@ class Bench:
 
     def bare(self, spec, batch):
         """Measure the bare forward ms of a model spec at a batch size now; keep the sample."""
-        env = child_env(self.args, self.domains[0], 'none')
-        env.update(dict(v.split('=', 1) for v in self.args.node_env))
+        env = node_child_env(self.args, self.domains[0], 'none')
         cmd = [sys.executable, str(Path(__file__).resolve()), '--bare-forward',
                json.dumps(spec), str(batch), self.args.device]
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
@@ -1006,8 +1012,8 @@ class Bench:
         domain = self.domain()
         env = child_env(args, domain, profile)
         name = f'{model}_{size_text(size)}_{transport}_{mode}'
-        node_env = dict(env, **dict(item.split('=', 1) for item in args.node_env))
-        nodes = Nodes(args, spec, size, transport, mode, node_env, name)
+        nodes = Nodes(args, spec, size, transport, mode, node_child_env(args, domain, profile),
+                      name)
         run = None
         try:
             run = Run(args, domain, cameras, size, transport, env)

@@ -6,8 +6,8 @@ memory back to the kernel at once; every frame's tensors then land on fresh page
 kernel must zero on first touch (ESPNetv2 at 1280x720: 140 000 page faults/s, a quarter of the
 node's CPU in the kernel). One arena that keeps freed memory (mmap threshold at its 32 MiB
 maximum, trim threshold 1 GiB) reuses the same pages frame after frame (same node: 2 faults/s,
-1 % kernel). Process-wide; call it before the
-threads that run torch start. Elsewhere than glibc it does nothing.
+1 % kernel). Process-wide; call it before the threads that run torch start. Elsewhere than
+glibc it does nothing.
 """
 
 import ctypes
