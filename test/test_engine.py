@@ -61,6 +61,45 @@ def test_channel_orders(color):
     assert np.array_equal(out['label'], expected_labels())
 
 
+class Recorder(torch.nn.Module):
+    """Channels that also keeps the batch it was given."""
+
+    def forward(self, x):
+        self.seen = x.clone()
+        return x
+
+
+@pytest.mark.parametrize('color,channels,dtype', [
+    ('rgb', 3, np.uint8), ('bgr', 3, np.uint8), ('rgba', 4, np.uint8), ('bgra', 4, np.uint8),
+    ('mono', 1, np.uint8), ('mono', 1, np.uint16), ('rgb', 3, np.uint16)])
+@pytest.mark.parametrize('order', ['rgb', 'bgr'])
+@pytest.mark.parametrize('size,divisor', [(None, 1), ((40, 24), 1), ((16, 12), 1), (None, 8)])
+def test_model_input_equals_a_planar_reference(color, channels, dtype, order, size, divisor):
+    # The fast channels-last preprocessing gives the same batch as converting to planar float,
+    # resizing (or padding) and normalising step by step.
+    rng = np.random.default_rng(3)
+    top = 256 if dtype == np.uint8 else 65536
+    img = rng.integers(0, top, (21, 30, channels)).astype(dtype)
+    recorder = Recorder()
+    seg = make(recorder, order=order, input_size=size, divisor=divisor)
+    seg.process([Frame(img, color)], ('label',))
+    planar = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)
+    if dtype == np.uint16:
+        planar = planar * (255.0 / 65535.0)
+    rgb = {1: [0, 0, 0], 3: [0, 1, 2], 4: [0, 1, 2]}[channels]
+    if color.startswith('bgr'):
+        rgb = [2, 1, 0]
+    planar = planar[rgb if order == 'rgb' else rgb[::-1]][None]
+    if size:
+        planar = torch.nn.functional.interpolate(
+            planar, size=(size[1], size[0]), mode='bilinear', align_corners=False)
+    elif divisor > 1:
+        planar = torch.nn.functional.pad(planar, (0, 2, 0, 3))
+    expected = planar * seg._gain + seg._bias
+    assert recorder.seen.shape == expected.shape
+    assert torch.allclose(recorder.seen, expected, atol=1e-4)
+
+
 def test_bgr_model_sees_bgr():
     # A BGR model's channel 0 is blue: the blue band becomes class 0.
     out = make(order='bgr').process([Frame(stripes(), 'rgb')], ('label',))[0]
