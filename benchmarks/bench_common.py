@@ -54,3 +54,32 @@ def machine(device='cpu'):
     if device.startswith('cuda') or (device == 'auto' and torch.cuda.is_available()):
         text += f' ({torch.cuda.get_device_name(0)})'
     return text
+
+
+def default_cache():
+    """Return the weights folder: $SEMSEG_ROS_CACHE, else ../shared/assets/models, else ''."""
+    return os.environ.get('SEMSEG_ROS_CACHE') or (
+        str(ASSETS / 'models') if (ASSETS / 'models').is_dir() else '')
+
+
+def write_section(path, name, text):
+    """Replace what lies between the '<!-- name:begin -->' and '<!-- name:end -->' lines."""
+    begin, end = f'<!-- {name}:begin -->', f'<!-- {name}:end -->'
+    path = Path(path)
+    doc = path.read_text()
+    start, stop = doc.index(begin) + len(begin), doc.index(end)
+    path.write_text(doc[:start] + '\n' + text + doc[stop:])
+
+
+def add_cache_argument(parser):
+    """Add --cache, the folder of the published weights, to an argument parser."""
+    parser.add_argument('--cache', default=default_cache(),
+                        help='folder with the published weights (default: $SEMSEG_ROS_CACHE, '
+                             'else ../shared/assets/models; random weights when missing)')
+
+
+def markdown_table(header, rows):
+    """Return a markdown table of the column names in header and rows of cell strings."""
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
+    return '\n'.join(lines)

@@ -15,14 +15,15 @@ else a drawn road scene), and 'noise', uniform random pixels, the worst case for
 """
 
 import argparse
-import os
 from pathlib import Path
 import statistics
 import sys
 import time
 
-from bench_common import ASSETS
+from bench_common import add_cache_argument
 from bench_common import machine
+from bench_common import markdown_table
+from bench_common import write_section
 import cv2
 import numpy as np
 from semseg_ros.core import classes as class_sets
@@ -38,8 +39,6 @@ OUTPUT_SETS = {
     'label+color+drivable': ('label', 'color', 'drivable'),
     'all five': ('label', 'color', 'overlay', 'drivable', 'confidence'),
 }
-MARK_BEGIN = '<!-- engine_bench:begin -->'
-MARK_END = '<!-- engine_bench:end -->'
 
 
 def load(name, cache):
@@ -121,12 +120,12 @@ def bench(name, model, width, height, repeat, device, road, images):
 
 def table(rows):
     """Return the markdown table of the results."""
-    lines = ['| model | frame | model input | image | outputs | bare forward (ms) | engine (ms) | '
-             'engine throughput / forward |', '|---|---|---|---|---|---|---|---|']
-    for name, frame, model_in, image, outputs, bare, full, ratio in rows:
-        lines.append(f'| {name} | {frame} | {model_in} | {image} | {outputs} | {bare:.1f} | '
-                     f'{full:.1f} | {ratio * 100:.0f} % |')
-    return '\n'.join(lines)
+    header = ('model', 'frame', 'model input', 'image', 'outputs', 'bare forward (ms)',
+              'engine (ms)', 'engine throughput / forward')
+    return markdown_table(header, [
+        (name, frame, model_in, image, outputs, f'{bare:.1f}', f'{full:.1f}',
+         f'{ratio * 100:.0f} %')
+        for name, frame, model_in, image, outputs, bare, full, ratio in rows])
 
 
 def main(argv=None):
@@ -135,11 +134,7 @@ def main(argv=None):
     parser.add_argument('--repeat', type=int, default=15, help='runs per median')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--models', nargs='+', default=['espnet', 'espnetv2'])
-    default_cache = os.environ.get('SEMSEG_ROS_CACHE') or (
-        str(ASSETS / 'models') if (ASSETS / 'models').is_dir() else '')
-    parser.add_argument('--cache', default=default_cache,
-                        help='folder with the published weights (default: $SEMSEG_ROS_CACHE, '
-                             'else ../shared/assets/models; random weights when missing)')
+    add_cache_argument(parser)
     parser.add_argument('--images', nargs='+', choices=('road', 'noise'),
                         default=['road', 'noise'], help='inputs to time')
     parser.add_argument('--markdown', help='update the engine_bench section of this file')
@@ -160,10 +155,7 @@ def main(argv=None):
             + table(rows) + '\n')
     print('\n' + text)
     if args.markdown:
-        path = Path(args.markdown)
-        doc = path.read_text()
-        start, end = doc.index(MARK_BEGIN) + len(MARK_BEGIN), doc.index(MARK_END)
-        path.write_text(doc[:start] + '\n' + text + doc[end:])
+        write_section(args.markdown, 'engine_bench', text)
     return 0
 
 

@@ -252,14 +252,18 @@ class Segmenter:
                 if (w, h) != (tw, th):
                     chw = F.pad(chw, (0, tw - w, 0, th - h))
                 valid = (h, w, th, tw)
-            chw = chw[order]
+            if order != [0, 1, 2] or not chw.is_contiguous():
+                chw = chw[order]  # a planar copy in the model's channel order
             groups.setdefault((th, tw), []).append((i, valid, chw))
         limit = self.max_batch or (1 if self.device.type == 'cpu' else len(chws))
         chunks = [items[i:i + limit] for items in groups.values()
                   for i in range(0, len(items), limit)]
         batches = []
         for items in chunks:
-            batch = torch.stack([chw for _, _, chw in items])
+            if len(items) == 1:
+                batch = items[0][2][None]  # the frame's own tensor: no copy
+            else:
+                batch = torch.stack([chw for _, _, chw in items])
             batch.mul_(self._gain).add_(self._bias)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
