@@ -1238,6 +1238,41 @@ def ratios_table(bench):
     return '\n'.join(lines)
 
 
+def worker_table(nodes_rows, ratios):
+    """
+    Return the markdown table of where each one-camera row's time goes, from the results.
+
+    With the worker busy all the time at full speed, node ms per frame = the sum of its
+    stages: the forward in the node plus its own work; 'node / its own forward' compares the
+    node's output rate with the forward it ran (free of the machine's drift between the node
+    and the bare-forward processes). At the fixed rate the latency should be the worker's time
+    for the frame plus the transport.
+    """
+    transport = {(r['model'], tuple(r['size']), r['transport']): r['transport_ms']
+                 for r in ratios}
+    lines = ['| model | frame | input | node ms per frame (1000 / out/s) | worker busy | '
+             'forward in the node ms | node / its own forward throughput | bare forward ms | '
+             'own work ms (decode + pre + post + publish; share of the forward) | fixed-rate '
+             'p50 ms | worker ms per frame at fixed rate + transport ms |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in nodes_rows:
+        full, fixed = r['full'].get('work') or {}, r['fixed'].get('work') or {}
+        if r['mode'] != '1' or not full or not r['full']['throughput']:
+            continue
+        own = sum(full[k] for k in ('decode', 'preprocess', 'postprocess', 'publish'))
+        moved = transport.get((r['model'], tuple(r['size']), r['transport']), float('nan'))
+        lines.append(
+            f'| {r["model"]} | {size_text(r["size"])} | {r["transport"]} | '
+            f'{fmt(1000.0 / r["full"]["throughput"], 0)} | {fmt(full["busy_pct"], 0)} % | '
+            f'{fmt(full["inference"], 0)} | '
+            f'{fmt(full["inference"] * r["full"]["throughput"] / 10.0, 0)} % | '
+            f'{fmt(r["forward_ms"], 0)} | {fmt(own)} '
+            f'({fmt(100.0 * own / full["inference"], 0)} %) | '
+            f'{fmt(r["fixed"]["latency_ms"][0], 0)} | '
+            f'{fmt(fixed.get("busy", float("nan")), 0)} + {fmt(moved, 1)} |')
+    return '\n'.join(lines)
+
+
 def report(bench, command, minutes, load):
     """Return the markdown report of a run."""
     args = bench.args
@@ -1274,6 +1309,10 @@ def report(bench, command, minutes, load):
         '**Targets** (bare forward and transport from the tables above):',
         '',
         ratios_table(bench),
+        '',
+        "**Where the time goes** (one camera; the node's worker accounting above, per frame):",
+        '',
+        worker_table(bench.nodes_rows, ratio_rows(bench)),
     ]
     if bench.failures:
         text += ['', 'Failed configurations: ' + '; '.join(bench.failures)]
@@ -1383,6 +1422,10 @@ def main(argv=None):
         return profiled_node(argv[1], argv[2:]) or 0
     if argv and argv[0] == '--bare-forward':
         return bare_forward_main(*argv[1:4])
+    if argv and argv[0] == '--worker-table':  # from the --json file of an earlier run
+        saved = json.loads(Path(argv[1]).read_text())
+        print(worker_table(saved['nodes'], saved['ratios']))
+        return 0
     args = parse_args(argv)
     warnings.filterwarnings('ignore', category=FutureWarning)  # torch.jit deprecation notes
     load = ', '.join(f'{v:.2f}' for v in os.getloadavg())

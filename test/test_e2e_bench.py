@@ -24,6 +24,15 @@ def test_e2e_bench_quick(tmp_path):
     assert row is not None, log
     cells = [cell.strip() for cell in row.strip('|').split('|')]
     assert float(cells[4]) > 0, row
+    # Where the time goes: node ms per frame, busy, forward in the node, ..., fixed rate.
+    lines = done.stdout.splitlines()
+    after = next(i for i, line in enumerate(lines) if line.startswith('**Where the time goes**'))
+    split = next((line for line in lines[after:] if line.startswith('| tiny | 96x72 | raw |')),
+                 None)
+    assert split is not None, log
+    cells = [cell.strip() for cell in split.strip('|').split('|')]
+    assert float(cells[3]) > 0 and float(cells[5]) >= 0 and '+' in cells[10], split
+    assert 0 < float(cells[6].rstrip(' %')) <= 110, split
     result = json.loads(result_file.read_text())
     node = result['nodes'][0]
     assert node['full']['received'] > 0 and node['full']['throughput'] > 0
