@@ -1,5 +1,7 @@
 """The node's full interface over real DDS: lifecycle, cameras, transports, QoS, parameters."""
 
+import time
+
 import cv2
 from lifecycle_msgs.msg import State
 from lifecycle_msgs.msg import Transition
@@ -45,6 +47,41 @@ def tiny_model(tmp_path_factory):
     return [f'model.weights:={model}', 'model.backend:=torchscript', f'classes:={classes}']
 
 
+PROBE_SECONDS = 5.0
+
+
+def probe_request(kind):
+    """Return a request of service type `kind` that changes nothing in the node."""
+    if kind is ChangeState:
+        return ChangeState.Request(transition=Transition(label='no_such_transition'))
+    return kind.Request()  # get_state, empty get/set_parameters
+
+
+def service_client(harness, kind, name):
+    """
+    Return the harness's client of a service, created once and answered once.
+
+    A request sent right after a new client appears may find the server not yet matched to
+    the client's reply reader, and its answer is lost (Fast DDS: 'failed to send response').
+    So a new client first sends a request that changes nothing until one is answered; the
+    test's own requests, which may change state, are then sent once.
+    """
+    clients = harness.__dict__.setdefault('service_clients', {})
+    if name not in clients:
+        client = harness.node.create_client(kind, name)
+        assert client.wait_for_service(timeout_sec=TIMEOUT), name
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            future = client.call_async(probe_request(kind))
+            harness.executor.spin_until_future_complete(future, timeout_sec=PROBE_SECONDS)
+            if future.done():
+                break
+            client.remove_pending_request(future)
+            assert time.monotonic() < deadline, f'{name} never answered'
+        clients[name] = client
+    return clients[name]
+
+
 def call(harness, client, request):
     assert client.wait_for_service(timeout_sec=TIMEOUT), client.srv_name
     future = client.call_async(request)
@@ -54,7 +91,7 @@ def call(harness, client, request):
 
 
 def set_param(harness, name, value):
-    client = harness.node.create_client(SetParameters, '/semseg/set_parameters')
+    client = service_client(harness, SetParameters, '/semseg/set_parameters')
     if isinstance(value, bool):
         pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
     elif isinstance(value, float):
@@ -72,11 +109,11 @@ def set_param(harness, name, value):
 def lifecycle(harness, transition=None):
     """Trigger a transition (or none) and return the current state id."""
     if transition is not None:
-        client = harness.node.create_client(ChangeState, '/semseg/change_state')
+        client = service_client(harness, ChangeState, '/semseg/change_state')
         result = call(harness, client, ChangeState.Request(
             transition=Transition(id=transition)))
         harness.last_transition_ok = result.success
-    client = harness.node.create_client(GetState, '/semseg/get_state')
+    client = service_client(harness, GetState, '/semseg/get_state')
     return call(harness, client, GetState.Request()).current_state.id
 
 

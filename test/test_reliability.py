@@ -44,6 +44,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from test_node_features import call
 from test_node_features import lifecycle
+from test_node_features import service_client
 from test_node_features import set_param
 from test_node_integration import Channels
 from test_node_integration import expected_labels
@@ -460,7 +461,7 @@ def bad_values(spec):
 
 def get_values(harness, names):
     """Return {name: value} through the GetParameters service."""
-    client = harness.node.create_client(GetParameters, '/semseg/get_parameters')
+    client = service_client(harness, GetParameters, '/semseg/get_parameters')
     result = call(harness, client, GetParameters.Request(names=list(names)))
     out = {}
     for name, value in zip(names, result.values):
@@ -539,7 +540,7 @@ class TestParameters:
     @pytest.mark.parametrize('text', ['2001-13-01', '{a: !!bool x}'])
     def test_odd_model_options_yaml(self, param_node, text):
         harness, process, _ = param_node
-        client = harness.node.create_client(SetParameters, '/semseg/set_parameters')
+        client = service_client(harness, SetParameters, '/semseg/set_parameters')
         assert client.wait_for_service(timeout_sec=TIMEOUT)
         value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=text)
         future = client.call_async(SetParameters.Request(
