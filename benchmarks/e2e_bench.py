@@ -56,6 +56,7 @@ import time
 import warnings
 
 from bench_common import ASSETS
+from bench_common import default_cache
 from bench_common import machine
 from bench_common import PARAMS
 from bench_common import qos
@@ -63,6 +64,7 @@ from bench_common import ROOT
 from bench_common import ros_start
 from bench_common import ros_stop
 from bench_common import SHM_PROFILE
+from bench_common import write_section
 import cv2
 import numpy as np
 
@@ -487,12 +489,7 @@ class CpuMeter:
 # Models and the bare forward.
 def cache_dir(args):
     """Return the folder searched for the published weights."""
-    if args.cache:
-        return Path(args.cache)
-    env = os.environ.get('SEMSEG_ROS_CACHE')
-    if env:
-        return Path(env)
-    return ASSETS / 'models'
+    return Path(args.cache or default_cache() or ASSETS / 'models')
 
 
 def tiny_module():
@@ -1320,16 +1317,12 @@ def report(bench, command, minutes, load):
 
 
 def write_markdown(path, text):
-    """Replace the e2e_bench section of `path` (created with both sections when missing)."""
+    """Replace the e2e_bench section of `path` (the section added when missing)."""
     path = Path(path)
-    if not path.exists():
-        path.write_text('# Performance\n\n<!-- engine_bench:begin -->\n<!-- engine_bench:end -->'
-                        f'\n\n## End to end\n\n{MARK_BEGIN}\n{MARK_END}\n')
-    doc = path.read_text()
+    doc = path.read_text() if path.exists() else '# Performance\n'
     if MARK_BEGIN not in doc:
-        doc += f'\n{MARK_BEGIN}\n{MARK_END}\n'
-    start, end = doc.index(MARK_BEGIN) + len(MARK_BEGIN), doc.index(MARK_END)
-    path.write_text(doc[:start] + '\n' + text + doc[end:])
+        path.write_text(doc + f'\n## End to end\n\n{MARK_BEGIN}\n{MARK_END}\n')
+    write_section(path, 'e2e_bench', text)
 
 
 def resolve_profile(text):

@@ -66,7 +66,7 @@ def service_client(harness, kind, name):
     So a new client first sends a request that changes nothing until one is answered; the
     test's own requests, which may change state, are then sent once.
     """
-    clients = harness.__dict__.setdefault('service_clients', {})
+    clients = harness.service_clients
     if name not in clients:
         client = harness.node.create_client(kind, name)
         assert client.wait_for_service(timeout_sec=TIMEOUT), name

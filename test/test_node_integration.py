@@ -72,6 +72,7 @@ class Harness:
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.received = {}
+        self.service_clients = {}  # name -> client (test_node_features.service_client)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = self.node.create_publisher(Image, 'image', qos)
         self.diagnostics = []

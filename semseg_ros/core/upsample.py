@@ -74,8 +74,8 @@ def sparse_labels(logits, size, low=None):
         first, count = first[rows], count[rows]
         top = torch.from_numpy(rows * w)
         bottom = torch.from_numpy(np.minimum(rows + 1, h - 1) * w)
-        cols = torch.from_numpy(cols)
-        col0, col1, fx = x0[cols], x1[cols], wx[cols]
+        at = torch.from_numpy(cols)
+        col0, col1, fx = x0[at], x1[at], wx[at]
         flat = logits.reshape(channels, -1)
         upper = flat.index_select(1, top + col0).lerp_(flat.index_select(1, top + col1), fx)
         lower = flat.index_select(1, bottom + col0).lerp_(flat.index_select(1, bottom + col1), fx)
@@ -85,7 +85,7 @@ def sparse_labels(logits, size, low=None):
         upper = upper.repeat_interleave(repeat, dim=1)
         lower = lower.repeat_interleave(repeat, dim=1)
         best = upper.lerp_(lower, wy[torch.from_numpy(ys)]).max(dim=0).indices
-        labels[ys, np.repeat(cols.numpy(), count)] = best.numpy()
+        labels[ys, np.repeat(cols, count)] = best.numpy()
     return torch.from_numpy(labels)
 
 
