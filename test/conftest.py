@@ -1,5 +1,6 @@
-"""Shared test fixtures: paths to the shared assets, an isolated ROS domain per module."""
+"""Shared test fixtures: paths to the shared assets, a private ROS domain per test graph."""
 
+import fcntl
 import os
 from pathlib import Path
 import sys
@@ -16,6 +17,34 @@ os.environ['PYTHONPATH'] = os.pathsep.join(
 os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
 os.environ.setdefault('ROS_LOG_DIR', str(ROOT / 'build' / 'ros_log'))
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+# Test graphs discover on this host only: a run never sees another machine's nodes.
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.pop('ROS_STATIC_PEERS', None)
+
+# Domain ids 1..232 (Fast DDS's port range on Linux); each claim is held by a lock file until
+# this process ends, so parallel runs on one host never share a domain.
+_DOMAIN_LOCKS = Path(os.environ.get('TMPDIR', '/tmp')) / 'semseg_ros_test_domains'
+_GIVEN_DOMAIN = os.environ.get('ROS_DOMAIN_ID', '').strip()
+_held = []
+
+
+def claim_domain():
+    """Return a ROS domain id that no other test graph on this host uses now."""
+    _DOMAIN_LOCKS.mkdir(parents=True, exist_ok=True)
+    start = int(_GIVEN_DOMAIN) if _GIVEN_DOMAIN.isdigit() else 1 + (os.getpid() * 37) % 232
+    for step in range(232):
+        domain = 1 + (start - 1 + step) % 232
+        if any(held_domain == domain for held_domain, _ in _held):
+            continue
+        handle = open(_DOMAIN_LOCKS / f'{domain}.lock', 'w')
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _held.append((domain, handle))
+        return domain
+    raise RuntimeError('no free ROS domain id on this host (232 in use by test runs)')
 
 
 def assets_or_skip(*parts):

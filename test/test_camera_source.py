@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+from conftest import claim_domain
 import cv2
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from semseg_ros.tools.camera_source import synthetic_frame
 from sensor_msgs.msg import CameraInfo
 from sensor_msgs.msg import Image
 
-DOMAIN_ID = 41
+DOMAIN_ID = claim_domain()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Colors (RGB) of the images written into test folders, in file-name order.
 COLORS = [(255, 0, 0), (0, 200, 0), (10, 20, 250)]

@@ -5,15 +5,19 @@ from pathlib import Path
 import subprocess
 import sys
 
+from conftest import claim_domain
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_e2e_bench_quick(tmp_path):
     result_file = tmp_path / 'e2e.json'
+    domain = claim_domain()
     cmd = [sys.executable, str(ROOT / 'benchmarks' / 'e2e_bench.py'),
            '--sizes', '96x72', '--models', 'tiny', '--transport', 'raw', '--cameras', '1',
            '--seconds', '1', '--idle-seconds', '0.5', '--grace', '1',
-           '--dds-profiles', 'none', '--node-dds-profile', 'none', '--domains', '89', '89',
+           '--dds-profiles', 'none', '--node-dds-profile', 'none',
+           '--domains', str(domain), str(domain),
            '--workdir', str(tmp_path), '--json', str(result_file)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     log = done.stdout[-4000:] + done.stderr[-4000:]

@@ -2,6 +2,7 @@
 
 import time
 
+from conftest import claim_domain
 import cv2
 from lifecycle_msgs.msg import State
 from lifecycle_msgs.msg import Transition
@@ -129,7 +130,7 @@ def expect_nothing(harness, seconds=2.0):
 
 
 def test_lifecycle_transitions_through_the_services(tiny_model, tmp_path):
-    domain = 25
+    domain = claim_domain()
     bad = [p if not p.startswith('model.weights') else f'model.weights:={tmp_path}/none.pt'
            for p in tiny_model]
     process = start_node(domain, 'autostart:=false', *bad)
@@ -168,7 +169,7 @@ def test_lifecycle_transitions_through_the_services(tiny_model, tmp_path):
 
 
 def test_three_cameras_batched_with_their_own_headers(tiny_model):
-    domain = 26
+    domain = claim_domain()
     cameras = ('front', 'left', 'rear')
     process = start_node(domain, *tiny_model, 'cameras:=[front, left, rear]')
     harnesses = {name: Harness(domain, namespace=name) for name in cameras}
@@ -210,7 +211,7 @@ def test_three_cameras_batched_with_their_own_headers(tiny_model):
 
 
 def test_compressed_input(tiny_model):
-    domain = 27
+    domain = claim_domain()
     process = start_node(domain, *tiny_model, 'input_transport:=compressed')
     harness = Harness(domain)
     pub = harness.node.create_publisher(
@@ -258,7 +259,7 @@ def test_compressed_input(tiny_model):
 
 
 def test_reliable_and_best_effort_publishers_are_both_received(tiny_model):
-    domain = 28
+    domain = claim_domain()
     process = start_node(domain, *tiny_model)
     harness = Harness(domain)
     try:
@@ -279,7 +280,7 @@ def test_reliable_and_best_effort_publishers_are_both_received(tiny_model):
 
 
 def test_runtime_parameters(tiny_model):
-    domain = 29
+    domain = claim_domain()
     process = start_node(domain, *tiny_model, 'overlay_alpha:=0.0')
     harness = Harness(domain)
     try:
@@ -330,7 +331,7 @@ BAD_IMAGES = {
 
 
 def test_each_bad_image_is_counted_and_the_next_processed(tiny_model):
-    domain = 30
+    domain = claim_domain()
     process = start_node(domain, *tiny_model, 'diagnostics_period:=0.2')
     harness = Harness(domain)
     try:

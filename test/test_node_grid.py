@@ -2,6 +2,7 @@
 
 import math
 
+from conftest import claim_domain
 from nav_msgs.msg import OccupancyGrid
 import numpy as np
 from rclpy.qos import QoSProfile
@@ -49,7 +50,7 @@ def test_grid_and_obstacles(tmp_path):
         {'id': 0, 'name': 'red', 'color': [200, 0, 0]},
         {'id': 1, 'name': 'green', 'color': [0, 200, 0], 'drivable': True},
         {'id': 2, 'name': 'blue', 'color': [0, 0, 200]}]}))
-    domain = 35
+    domain = claim_domain()
     process = start_node(
         domain, 'model.backend:=torchscript', f'model.weights:={model}', f'classes:={classes}',
         'grid.enabled:=true', 'grid.resolution:=0.1', 'grid.width:=100', 'grid.height:=80',

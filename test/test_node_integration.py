@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from conftest import claim_domain
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -156,7 +157,7 @@ def tiny_node(tmp_path_factory):
     class_file.write_text(yaml.safe_dump({'name': 'rgb', 'classes': [
         {'id': i, 'name': n, 'color': COLORS[i], **({'drivable': True} if i == 1 else {})}
         for i, n in enumerate(('red', 'green', 'blue'))]}))
-    domain = 21
+    domain = claim_domain()
     process = start_node(domain, 'model.backend:=torchscript', f'model.weights:={model}',
                          f'classes:={class_file}', 'overlay_alpha:=1.0')
     harness = Harness(domain)
@@ -238,7 +239,7 @@ def test_missing_class_set_is_reported_and_the_node_stays_up(tmp_path):
     """A class-set file that does not exist: one clear error, the node keeps running."""
     model = tmp_path / 'channels.pt'
     torchscript.save(Channels(), str(model), 3, Preprocess(scale=1.0 / 255.0))
-    domain = 22
+    domain = claim_domain()
     process = start_node(domain, 'model.backend:=torchscript', f'model.weights:={model}',
                          f'classes:={tmp_path / "missing.yaml"}', 'diagnostics_period:=0.5')
     harness = Harness(domain, outputs=())
@@ -262,7 +263,7 @@ def test_real_espnet_matches_the_offline_engine(espnet_weights, camvid_val):
     image_path = sorted((camvid_val / 'images').glob('*.png'))[0]
     rgb = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
     truth = cv2.imread(str(camvid_val / 'labels' / image_path.name), cv2.IMREAD_UNCHANGED)
-    domain = 23
+    domain = claim_domain()
     process = start_node(domain, f'model.weights:={espnet_weights}')
     harness = Harness(domain)
     try:
@@ -289,7 +290,7 @@ def test_real_espnet_matches_the_offline_engine(espnet_weights, camvid_val):
 def test_no_subscriber_means_no_work(tmp_path, lazy):
     model = tmp_path / 'channels.pt'
     torchscript.save(Channels(), str(model), 3, Preprocess(scale=1.0 / 255.0))
-    domain = 24 if lazy else 36
+    domain = claim_domain()
     process = start_node(domain, 'model.backend:=torchscript', f'model.weights:={model}',
                          'diagnostics_period:=0.5', f'lazy_input:={str(lazy).lower()}')
     harness = Harness(domain, outputs=())

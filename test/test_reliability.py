@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from conftest import claim_domain
 from diagnostic_msgs.msg import DiagnosticStatus
 from lifecycle_msgs.msg import State
 from lifecycle_msgs.msg import Transition
@@ -174,7 +175,7 @@ def faulty_node(tmp_path_factory):
     classes = folder / 'rgb.yaml'
     classes.write_text(yaml.safe_dump(RGB_CLASSES))
     log = folder / 'node.log'
-    domain = 100
+    domain = claim_domain()
     process = start_logged(domain, log, 'model.backend:=torchscript', f'model.weights:={model}',
                            f'classes:={classes}', 'diagnostics_period:=0.1',
                            'stale_timeout:=0.5')
@@ -311,7 +312,7 @@ def config_node(tmp_path_factory):
     files['cache'].mkdir()
     (files['cache'] / ESPNET_FILE).write_bytes(b'not the published weights\n' * 100)
     log = folder / 'node.log'
-    domain = 101
+    domain = claim_domain()
     env = dict(os.environ, SEMSEG_ROS_CACHE=str(files['cache']))
     good = {'model.backend': 'torchscript', 'model.weights': str(files['tiny']),
             'classes': str(files['classes']), 'model.download': False, 'model.options': ''}
@@ -479,7 +480,7 @@ def param_node(tmp_path_factory):
     classes = folder / 'rgb.yaml'
     classes.write_text(yaml.safe_dump(RGB_CLASSES))
     log = folder / 'node.log'
-    domain = 102
+    domain = claim_domain()
     process = start_logged(domain, log, 'autostart:=false', 'model.backend:=torchscript',
                            f'model.weights:={model}', f'classes:={classes}')
     harness = Harness(domain, outputs=())
@@ -572,7 +573,7 @@ def startup_runs(tmp_path_factory):
     for i, case in enumerate(STARTUP_CASES):
         name, value = case.values
         log = folder / f'node_{i}.log'
-        domain = 103 + i
+        domain = claim_domain()
         process = start_logged(domain, log, 'model.backend:=torchscript',
                                f'model.weights:={model}', 'diagnostics_period:=0.2',
                                f'{name}:={value}')

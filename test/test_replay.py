@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from conftest import claim_domain
 from nav_msgs.msg import OccupancyGrid
 import numpy as np
 import rclpy
@@ -118,7 +119,7 @@ def test_replayed_bag_gives_the_offline_labels_for_every_frame(tmp_path):
     offline_grids = {t: TYPES.deserialize_cdr(raw, msgtype).data.reshape(60, 60)
                      for t, raw, msgtype in topics['/cam/segmentation/drivable_grid']}
 
-    domain = 61
+    domain = claim_domain()
     node = start_node(domain, *tiny, namespace='/cam')
     recorder = Recorder(domain)
     player = None
@@ -159,7 +160,7 @@ def test_replay_timing_without_subscribers_and_errors(tmp_path):
     messages = [('/cam/camera_info', INFO, START + i * 10**8, info_raw(START + i * 10**8))
                 for i in range(11)]
     bag = write_bag(tmp_path / 'info', 'mcap', messages)
-    domain = 62
+    domain = claim_domain()
     player = replay(bag, domain, '--rate', '2', '--wait-subscribers', '0.5',
                     '--start-delay', '0', '--ros-args', '-r', '__node:=player')
     log = player.communicate(timeout=TIMEOUT)[0]

@@ -4,12 +4,14 @@ The soak in CI: 1500 frames at 160x120 through DDS with the tiny model (benchmar
 Publisher process -> node process -> this process, closed loop at full speed. After the
 warm-up, the node's resident memory, threads and open files must not grow and the latency
 must not drift; the thresholds suit a run of about 10 s (the full run: docs/RELIABILITY.md).
-ROS domain 108.
+A ROS domain of its own.
 """
 
 import importlib
 from pathlib import Path
 import sys
+
+from conftest import claim_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 # An importable module: the publisher runs in a spawned process that imports it again.
@@ -19,7 +21,7 @@ soak = importlib.import_module('soak')
 
 ARGS = ['--frames', '1500', '--size', '160x120', '--sample-period', '0.25', '--warmup', '0.2',
         '--max-rss-growth', '20', '--max-latency-ratio', '2.0', '--latency-slack', '10',
-        '--report-period', '5', '--domain', '108']
+        '--report-period', '5', '--domain', str(claim_domain())]
 
 
 def test_short_soak():
