@@ -2,15 +2,19 @@
 The node's ground grid: camera_info per camera, camera poses, the fused grid and obstacles.
 
 Thin ROS wiring around `semseg_ros.core.ground`: each camera's lookup is rebuilt only when its
-camera_info or pose changes; per frame the drivable masks are gathered into the grid, fused
-across cameras, and published as nav_msgs/OccupancyGrid (`segmentation/drivable_grid`) and
-sensor_msgs/PointCloud2 (`segmentation/obstacles`: non-drivable cells, for marking;
-`segmentation/free_space`: the far edge of the drivable area, for clearing) with the image
-stamp.
+camera_info or pose changes. Each camera keeps its latest projection (`CameraView`); every
+processed frame replaces its camera's view, and the views of all cameras whose image stamp is
+within `grid.max_age` of the newest one are fused into one grid, stamped with the newest
+frame's header (so grid stamps never go backwards). It is published as nav_msgs/OccupancyGrid
+(`segmentation/drivable_grid`) and sensor_msgs/PointCloud2 (`segmentation/obstacles`:
+non-drivable cells, for marking; `segmentation/free_space`: the far edge of the drivable area,
+for clearing). A camera whose view is too old drops out of the fusion until its next frame,
+with a log line and a WARN in its diagnostics.
 """
 
 import threading
 
+from diagnostic_msgs.msg import DiagnosticStatus
 from nav_msgs.msg import OccupancyGrid
 from semseg_ros.core import ground
 from semseg_ros.io import nav
@@ -23,17 +27,36 @@ FREE_SPACE_TOPIC = 'segmentation/free_space'
 
 
 class GridError(RuntimeError):
-    """The grid cannot be set up (e.g. TF poses without tf2_ros)."""
+    """The grid cannot be set up (e.g. TF poses without tf2_ros, a camera under the ground)."""
+
+
+def stamp_ns(header):
+    """Return a header's stamp in integer nanoseconds."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+class CameraView:
+    """One camera's latest projection: the grid, its image stamp and header."""
+
+    def __init__(self, cells, header):
+        self.cells = cells
+        self.header = header
+        self.stamp = stamp_ns(header)
 
 
 class CameraGround:
-    """One camera's ground state: its model, pose and projector."""
+    """One camera's ground state: its model, pose, projector and latest view."""
 
-    def __init__(self, pose):
+    def __init__(self, pose, info_topic):
         self.model = None
         self.pose = pose
         self.projector = None
         self.frame_id = ''
+        self.info_topic = info_topic
+        self.refused = ''  # why the last camera_info / pose could not be used
+        self.view = None
+        self.dropped = False  # out of the fused grid (view too old); logged once per change
+        self.out_of_order = 0  # frames older than the camera's view, not fused
 
 
 class GroundGrid:
@@ -44,9 +67,20 @@ class GroundGrid:
         self.node = node
         self.settings = settings
         self.spec = ground.GridSpec(**settings.grid)
+        self.max_age_ns = int(round(settings.grid_max_age * 1e9))
         self.cameras = cameras
-        self.state = {c.name: CameraGround(poses.get(c.name)) for c in cameras}
-        self.lock = threading.Lock()
+        self.state = {}
+        for camera in cameras:
+            pose = poses.get(camera.name)
+            if pose is not None:
+                try:
+                    ground.check_above_ground(pose, self.spec.ground_z)
+                except ground.ProjectionError as exc:
+                    raise GridError(f'camera {camera.name}: {exc}') from None
+            self.state[camera.name] = CameraGround(
+                pose, node.resolve_topic_name(camera.prefix + 'camera_info'))
+        self.lock = threading.RLock()
+        self.published = 0
         self.grid_pub = node.create_lifecycle_publisher(OccupancyGrid, GRID_TOPIC, qos)
         self.cloud_pub = node.create_lifecycle_publisher(PointCloud2, OBSTACLES_TOPIC, qos)
         self.free_pub = node.create_lifecycle_publisher(PointCloud2, FREE_SPACE_TOPIC, qos)
@@ -103,15 +137,32 @@ class GroundGrid:
             state = self.state[name]
             state.model = model
             state.frame_id = msg.header.frame_id
-            self._update(state)
+            self._update(name, state)
 
-    def _update(self, state):
+    def _update(self, name, state):
+        """Build or update the camera's projector; a refused pose is logged and kept out."""
         if state.model is None or state.pose is None:
             return
-        if state.projector is None:
-            state.projector = ground.GroundProjector(state.model, state.pose, self.spec)
-        else:
-            state.projector.update(camera=state.model, pose=state.pose)
+        try:
+            if state.projector is None:
+                state.projector = ground.GroundProjector(state.model, state.pose, self.spec)
+            else:
+                state.projector.update(camera=state.model, pose=state.pose)
+        except ground.ProjectionError as exc:
+            state.refused = str(exc)
+            state.projector = None
+            state.view = None
+            self.node.get_logger().error(f'camera {name}: {exc}', throttle_duration_sec=5.0)
+            return
+        state.refused = ''
+        if not len(state.projector.pixels[0]):
+            self.node.get_logger().warning(
+                f'camera {name}: {self._sees_nothing()}', throttle_duration_sec=5.0)
+
+    @staticmethod
+    def _sees_nothing():
+        return ('sees no cell of the grid (looking above the horizon, or outside grid.* / '
+                'grid.max_range): check the pose and the grid')
 
     def _refresh_tf(self):
         """Look the camera poses up in TF (once a second, not per frame)."""
@@ -131,40 +182,103 @@ class GroundGrid:
                 (t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w))
             with self.lock:
                 state.pose = pose
-                self._update(state)
+                self._update(name, state)
+
+    def camera_status(self, name):
+        """Return (DiagnosticStatus level, text) of one camera's part in the grid."""
+        with self.lock:
+            state = self.state[name]
+            if state.refused:
+                return DiagnosticStatus.ERROR, f'refused: {state.refused}'
+            if state.model is None:
+                return DiagnosticStatus.WARN, f'waiting for camera_info on {state.info_topic}'
+            if state.pose is None:
+                return DiagnosticStatus.WARN, (
+                    f'waiting for the pose {state.frame_id} -> {self.spec.frame_id} (TF)')
+            if not len(state.projector.pixels[0]):
+                return DiagnosticStatus.WARN, self._sees_nothing()
+            if state.view is None:
+                return DiagnosticStatus.OK, 'ready, no frame projected yet'
+            age = self._age(state)
+            if age > self.max_age_ns:
+                return DiagnosticStatus.WARN, self._dropped_text(age)
+            return DiagnosticStatus.OK, f'fused ({age * 1e-9:.3f} s behind the newest frame)'
+
+    def _dropped_text(self, age):
+        return (f'dropped from the fused grid: its newest frame is {age * 1e-9:.3f} s older '
+                f'than the newest (grid.max_age {self.max_age_ns * 1e-9:g} s)')
+
+    def _newest(self):
+        stamps = [s.view.stamp for s in self.state.values() if s.view is not None]
+        return max(stamps) if stamps else None
+
+    def _age(self, state):
+        return self._newest() - state.view.stamp
 
     def status(self):
-        """Return a short text for diagnostics: ready, or what the grid waits for."""
-        waiting = [name for name, s in self.state.items() if s.projector is None]
-        if not waiting:
-            return 'ok'
-        what = []
-        for name in waiting:
-            state = self.state[name]
-            if state.model is None:
-                what.append(f'camera_info of {name}')
-            elif state.pose is None:
-                what.append(f'pose of {name} ({state.frame_id} -> {self.spec.frame_id})')
-        return 'waiting for ' + ', '.join(what)
+        """Return a short text for the log: ok, or what the grid waits for."""
+        texts = [f'{name}: {self.camera_status(name)[1]}' for name in self.state]
+        waiting = [t for t in texts if ': waiting' in t or ': refused' in t]
+        return '; '.join(waiting) if waiting else 'ok'
+
+    def _take(self, name, header, mask):
+        """Project one frame into its camera's view; return True when the view changed."""
+        state = self.state[name]
+        if state.projector is None:
+            return False
+        stamp = stamp_ns(header)
+        if state.view is not None and stamp < state.view.stamp:
+            if state.view.stamp - stamp <= self.max_age_ns:
+                state.out_of_order += 1  # an older frame than the one fused: keep the newer
+                return False
+            # The clock went back (a bag restarted, a simulator reset): start afresh.
+            self.node.get_logger().warning(
+                f'camera {name}: image stamp went back by {(state.view.stamp - stamp) * 1e-9:.3f}'
+                ' s (clock reset?): the fused grid starts again from this frame')
+            for other in self.state.values():
+                other.view = None
+                other.dropped = False
+        state.view = CameraView(state.projector.project(mask), header)
+        return True
+
+    def _fuse(self):
+        """Return (fused grid, header of the newest frame, names fused); log drop-outs."""
+        newest = self._newest()
+        fused, header, names = [], None, []
+        for name, state in self.state.items():
+            if state.view is None:
+                continue
+            age = newest - state.view.stamp
+            fresh = age <= self.max_age_ns
+            if fresh != (not state.dropped):
+                state.dropped = not fresh
+                if fresh:
+                    self.node.get_logger().info(f'camera {name}: back in the fused grid')
+                else:
+                    self.node.get_logger().warning(f'camera {name}: {self._dropped_text(age)}')
+            if not fresh:
+                continue
+            fused.append(state.view.cells)
+            names.append(name)
+            if state.view.stamp == newest and header is None:
+                header = state.view.header
+        cells = fused[0] if len(fused) == 1 else ground.fuse(fused)
+        return cells, header, names
 
     def publish(self, items):
-        """Project and fuse [(camera name, header, drivable mask)], publish grid and cloud."""
-        grids = []
-        latest = None
+        """Project [(camera name, header, drivable mask)], fuse every fresh view, publish."""
         with self.lock:
+            changed = False
             for name, header, mask in items:
-                projector = self.state[name].projector
-                if projector is None:
-                    continue
-                grids.append(projector.project(mask))
-                stamp = (header.stamp.sec, header.stamp.nanosec)
-                if latest is None or stamp > (latest.stamp.sec, latest.stamp.nanosec):
-                    latest = header
-        if not grids:
-            self.node.get_logger().warning(
-                f'{GRID_TOPIC}: {self.status()}', throttle_duration_sec=5.0)
-            return
-        fused = grids[0] if len(grids) == 1 else ground.fuse(grids)
+                if self.state[name].projector is None:
+                    self.node.get_logger().warning(
+                        f'{GRID_TOPIC}: camera {name}: {self.camera_status(name)[1]}',
+                        throttle_duration_sec=5.0)
+                changed |= self._take(name, header, mask)
+            if not changed:
+                return
+            fused, latest, _ = self._fuse()
+            self.published += 1
         if self.grid_pub.get_subscription_count() > 0:
             self.grid_pub.publish(nav.grid_to_msg(fused, self.spec, latest))
         if self.cloud_pub.get_subscription_count() > 0:

@@ -36,6 +36,7 @@ import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
@@ -185,8 +186,11 @@ class Camera:
 
     def __init__(self, node, namespace, settings):
         self.node = node
-        self.name = namespace or '/'
+        self.namespace = namespace
         self.prefix = f'{namespace}/' if namespace else ''
+        # The unnamed camera is named by its input topic (e.g. /image) in logs and diagnostics.
+        self.name = namespace or node.resolve_topic_name(
+            'image/compressed' if settings.input_transport == 'compressed' else 'image')
         self.pending = None
         self.subscription = None
         self.subscribed_at = None  # monotonic time of the last subscription
@@ -254,7 +258,7 @@ class SegmentationNode(LifecycleNode):
         except cfg.SettingsError as exc:
             startup_errors.append(str(exc))
             self.settings = cfg.from_values({})
-        self._declare_camera_poses()
+        startup_errors += self._declare_camera_poses()
         if self.settings.retain_memory:
             # Before the torch thread exists, so that it shares the tuned arena.
             applied = memory.retain_freed_memory()
@@ -281,6 +285,13 @@ class SegmentationNode(LifecycleNode):
         # slow inference down by a third (measured with benchmarks/e2e_bench.py).
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix='semseg_torch')
         self._closed = False
+        self.add_pre_set_parameters_callback(self._doubles)
+        # Integers given at start-up to floating-point parameters: stored as doubles as well
+        # (read-only ones keep the type given; Settings reads them as floats).
+        self.set_parameters([p for p in self.get_parameters(
+            [s.name for s in cfg.PARAMETERS] + cfg.pose_parameter_names(self.settings.cameras))
+            if p.type_ == Parameter.Type.INTEGER and cfg.spec_of(p.name).value_type is float
+            and not cfg.spec_of(p.name).read_only])
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
@@ -291,35 +302,30 @@ class SegmentationNode(LifecycleNode):
                 self.trigger_activate()
 
     def _declare_camera_poses(self):
-        """With several cameras, declare camera_pose.<camera>.<x..yaw> for each one."""
-        if len(self.settings.cameras) < 2:
-            return
-        for name in self.settings.cameras:
-            for field in cfg.POSE_FIELDS:
-                spec = cfg.SPECS[f'camera_pose.{field}']
-                self.declare_parameter(
-                    f'camera_pose.{name}.{field}', self.get_parameter(spec.name).value,
-                    descriptor(spec))
+        """With several cameras, declare camera_pose.<camera>.<x..yaw>; return the errors."""
+        errors = []
+        for name in cfg.pose_parameter_names(self.settings.cameras):
+            spec = cfg.spec_of(name)
+            base = self.get_parameter(cfg.POSE_PREFIX + name.rsplit('.', 1)[1]).value
+            try:
+                self.declare_parameter(name, base, descriptor(spec))
+            except ParameterException as exc:  # an override out of range (rclpy checks it)
+                errors.append(f'parameter {name}: {exc}')
+                self.declare_parameter(name, base, descriptor(spec), ignore_override=True)
+        return errors
 
     def _camera_poses(self):
         """Return {camera name: 4x4 pose} from parameters ({} when poses come from TF)."""
-        s = self.settings
-        if s.pose_source != 'parameters':
+        if self.settings.pose_source != 'parameters':
             return {}
-        poses = {}
-        for camera in self.cameras:
-            values = s.pose
-            if len(self.cameras) > 1:
-                values = [self.get_parameter(f'camera_pose.{camera.prefix}{f}').value
-                          for f in cfg.POSE_FIELDS]
-            x, y, z, roll, pitch, yaw = (float(v) for v in values)
-            poses[camera.name] = ground.camera_pose(x, y, z, roll, pitch, yaw)
-        return poses
+        return {camera.name: ground.camera_pose(*self.settings.poses[camera.namespace])
+                for camera in self.cameras}
 
     # Lifecycle transitions.
     def _read_settings(self):
-        values = {spec.name: self.get_parameter(spec.name).value for spec in cfg.PARAMETERS}
-        return cfg.from_values(values)
+        names = [spec.name for spec in cfg.PARAMETERS]
+        names += cfg.pose_parameter_names(self.settings.cameras)
+        return cfg.from_values({name: self.get_parameter(name).value for name in names})
 
     def on_configure(self, state):
         """Validate parameters, load the model and class set, create the publishers."""
@@ -341,7 +347,7 @@ class SegmentationNode(LifecycleNode):
                 self.grid = GroundGrid(
                     self, self.settings, self.cameras, self._camera_poses(),
                     qos_profile(self.settings.output_reliability, self.settings.output_depth))
-            except (RuntimeError, ValueError) as exc:
+            except Exception as exc:  # noqa: B902 - any failure must leave the node alive
                 self._release()
                 self.error = f'configure failed: {exc}'
                 log.error(self.error)
@@ -450,25 +456,38 @@ class SegmentationNode(LifecycleNode):
                     camera.pending = None
 
     # Parameters.
+    @staticmethod
+    def _doubles(params):
+        """Store an integer given to a floating-point parameter as a double (pre-set hook)."""
+        out = []
+        for param in params:
+            spec = cfg.spec_of(param.name)
+            if (spec is not None and spec.value_type is float
+                    and param.type_ == Parameter.Type.INTEGER):
+                param = Parameter(param.name, Parameter.Type.DOUBLE, float(param.value))
+            out.append(param)
+        return out
+
     def _on_set_parameters(self, params):
         changes = {p.name: p.value for p in params}
         configured = self.segmenter is not None
         try:
             for name, value in changes.items():
-                spec = cfg.SPECS.get(name)
+                spec = cfg.spec_of(name)
                 if spec is None:
                     continue
+                cfg.check(name, value)  # a bad value is named first, whatever the state
                 if spec.change == 'configure' and configured:
                     return SetParametersResult(
                         successful=False,
                         reason=f'{name} takes effect on configure: deactivate and clean up the '
                                'node first (or restart it)')
-                cfg.check(name, value)
             if not configured:
                 # Checked one by one: configure validates the whole set (e.g. width with height).
                 return SetParametersResult(successful=True)
             values = {**self.settings.values, **changes}
-            new = cfg.from_values({k: v for k, v in values.items() if k in cfg.SPECS})
+            new = cfg.from_values({k: v for k, v in values.items()
+                                   if cfg.spec_of(k) is not None})
             if configured:
                 if 'drivable_classes' in changes:
                     base = self.base_classes
@@ -657,7 +676,10 @@ class SegmentationNode(LifecycleNode):
         }
         values.update(work)  # the worker's time, shared by all cameras of the node
         if self.grid is not None:
-            values['grid'] = self.grid.status()
+            level, values['grid'] = self.grid.camera_status(camera.name)
+            values['grids published'] = str(self.grid.published)
+            if level > status.level:  # a grid waiting or refused is never 'ok'
+                status.level, status.message = level, f'grid: {values["grid"]}'
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         return status
 
@@ -682,7 +704,7 @@ def check_command_line(argv):
         if flag not in ('-p', '--param'):
             continue
         name, sep, text = item.partition(':=')
-        if not sep or name not in cfg.SPECS:
+        if not sep or cfg.spec_of(name) is None:
             continue
         try:
             cfg.check(name, yaml.safe_load(text) if text.strip() else '')

@@ -327,6 +327,20 @@ def _check_pose(pose):
     return pose
 
 
+def check_above_ground(pose, ground_z):
+    """
+    Refuse a camera whose optical centre is at or below the ground plane (ProjectionError).
+
+    From below, the plane z = ground_z lies behind the ground itself: the rays that meet it
+    come from the sky, and every cell they reach would be a false reading.
+    """
+    z = float(np.asarray(pose, np.float64)[2, 3])
+    if not z > ground_z:
+        raise ProjectionError(
+            f'camera optical centre z = {z:.3f} m is at or below the ground plane '
+            f'z = {ground_z:.3f} m: it cannot see the ground from above')
+
+
 class GroundProjector:
     """
     Lookup from grid cells to mask pixels for one camera; fills a grid from a mask per frame.
@@ -344,19 +358,27 @@ class GroundProjector:
         self.update(camera, pose, grid)
 
     def update(self, camera=None, pose=None, grid=None):
-        """Replace what is given and not None; rebuild the lookup if anything changed."""
-        changed = False
+        """
+        Replace what is given and not None; rebuild the lookup if anything changed.
+
+        A camera at or below the ground plane raises ProjectionError and changes nothing.
+        """
+        new_camera, new_pose, new_grid = self.camera, self.pose, self.grid
         if camera is not None and camera != self.camera:
             if not isinstance(camera, CameraModel):
                 raise ProjectionError(f'camera must be a CameraModel, got {type(camera)}')
-            self.camera, changed = camera, True
+            new_camera = camera
         if pose is not None:
             pose = _check_pose(pose)
             if self.pose is None or not np.array_equal(pose, self.pose):
-                self.pose, changed = pose, True
+                new_pose = pose
         if grid is not None and grid != self.grid:
-            self.grid, changed = grid, True
+            new_grid = grid
+        changed = (new_camera is not self.camera or new_pose is not self.pose
+                   or new_grid is not self.grid)
         if changed:
+            check_above_ground(new_pose, new_grid.ground_z)
+            self.camera, self.pose, self.grid = new_camera, new_pose, new_grid
             self._build()
         return changed
 

@@ -6,7 +6,7 @@ read-only flag) and builds Settings from the values; tests and tools build Setti
 dict or a params YAML without ROS.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import sys
 from typing import Any, Optional, Tuple
@@ -126,6 +126,10 @@ PARAMETERS = (
          'unknown (m).', low=0.1, high=1000.0),
     Spec('grid.ground_z', 0.0, 'Height of the ground plane in grid.frame_id (m).',
          low=-100.0, high=100.0),
+    Spec('grid.max_age', 0.5, "Fusion of several cameras: each camera's latest projection "
+         'stays in the fused grid while its image stamp is at most this much older than the '
+         "newest frame's (s); older ones drop out (reported in diagnostics). Bounds the "
+         'smear of a moving robot: speed x max_age.', low=0.01, high=60.0),
     Spec('grid.obstacles', 'cells', 'Obstacle cloud: every seen non-drivable cell (cells) or '
          'only those next to a drivable cell (boundary).', choices=('cells', 'boundary')),
     Spec('camera_pose.source', 'parameters', 'Camera pose in grid.frame_id: from the '
@@ -157,6 +161,41 @@ SPECS = {spec.name: spec for spec in PARAMETERS}
 GRID_FIELDS = ('frame_id', 'resolution', 'width', 'height', 'origin_x', 'origin_y',
                'max_range', 'ground_z')
 POSE_FIELDS = ('x', 'y', 'z', 'roll', 'pitch', 'yaw')
+POSE_PREFIX = 'camera_pose.'
+
+
+def pose_parameter(camera, field):
+    """Return the name of one camera's pose parameter: camera_pose.<camera>.<field>."""
+    return f'{POSE_PREFIX}{camera}.{field}'
+
+
+def pose_parameter_names(cameras):
+    """Return the per-camera pose parameter names (declared only with several cameras)."""
+    if len(cameras) < 2:
+        return []
+    return [pose_parameter(camera, f) for camera in cameras for f in POSE_FIELDS]
+
+
+def split_pose_parameter(name):
+    """Return (camera, field) of a camera_pose.<camera>.<field> name, else (None, None)."""
+    if not isinstance(name, str) or not name.startswith(POSE_PREFIX):
+        return None, None
+    camera, dot, field = name[len(POSE_PREFIX):].rpartition('.')
+    if not dot or not camera or field not in POSE_FIELDS:
+        return None, None
+    return camera, field
+
+
+def spec_of(name):
+    """Return the Spec of a parameter name, per-camera pose names included; None if unknown."""
+    spec = SPECS.get(name)
+    if spec is not None:
+        return spec
+    camera, field = split_pose_parameter(name)
+    if camera is None:
+        return None
+    base = SPECS[POSE_PREFIX + field]
+    return replace(base, name=name, description=f'{base.description} Camera {camera}.')
 
 
 @dataclass(frozen=True)
@@ -193,17 +232,23 @@ class Settings:
     diagnostics_period: float = 1.0
     stale_timeout: float = 2.0
     grid: Optional[dict] = None  # GridSpec fields when grid.enabled, else None
+    grid_max_age: float = 0.5
     pose_source: str = 'parameters'
     pose: Tuple[float, ...] = (0.0, 0.0, 1.0, 0.0, 0.0, 0.0)  # x y z roll pitch yaw
+    # Camera name -> (x, y, z, roll, pitch, yaw): camera_pose.<camera>.* with several cameras,
+    # else camera_pose.*.
+    poses: dict = field(default_factory=dict)
     obstacles: str = 'cells'
     values: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def check(name, value):
     """Validate one parameter value against its spec; return it normalised."""
-    spec = SPECS.get(name)
+    spec = spec_of(name)
     if spec is None:
         raise SettingsError(f'unknown parameter {name!r}')
+    if value is None:
+        raise SettingsError(f'parameter {name}: a value is required (it cannot be unset)')
     expected = spec.value_type
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -244,9 +289,9 @@ def check(name, value):
 
 def from_values(values):
     """Build Settings from a {name: value} dict (missing names take their default)."""
-    unknown = sorted(set(values) - set(SPECS))
+    unknown = sorted(name for name in values if spec_of(name) is None)
     if unknown:
-        raise SettingsError(f'unknown parameters: {", ".join(unknown)}')
+        raise SettingsError(f'unknown parameters: {", ".join(map(str, unknown))}')
     v = {spec.name: spec.default for spec in PARAMETERS}
     for name, value in values.items():
         v[name] = check(name, value)
@@ -263,6 +308,7 @@ def from_values(values):
         if not all(part.replace('_', 'a').isalnum() and not part[0].isdigit()
                    for part in name.split('/')) and name:
             raise SettingsError(f'parameter cameras: {name!r} is not a valid namespace')
+    poses = _camera_poses(v, cameras)
     return Settings(
         backend=v['model.backend'].strip(),
         weights=v['model.weights'].strip(),
@@ -294,11 +340,38 @@ def from_values(values):
         diagnostics_period=v['diagnostics_period'],
         stale_timeout=v['stale_timeout'],
         grid={k: v[f'grid.{k}'] for k in GRID_FIELDS} if v['grid.enabled'] else None,
+        grid_max_age=v['grid.max_age'],
+        poses=poses,
         pose_source=v['camera_pose.source'],
         pose=tuple(v[f'camera_pose.{k}'] for k in POSE_FIELDS),
         obstacles=v['grid.obstacles'],
         values=v,
     )
+
+
+def _camera_poses(v, cameras):
+    """Return {camera: pose values}; with the grid on, refuse a camera on or below the ground."""
+    per_camera = pose_parameter_names(cameras)
+    for name in v:
+        camera, _ = split_pose_parameter(name)
+        if camera is not None and name not in per_camera:
+            raise SettingsError(
+                f'parameter {name}: per-camera poses need several cameras and {camera!r} '
+                f'among them (cameras: {list(cameras)}); one camera uses camera_pose.*')
+    poses = {}
+    for camera in cameras:
+        names = [pose_parameter(camera, f) if per_camera else POSE_PREFIX + f
+                 for f in POSE_FIELDS]
+        poses[camera] = tuple(v.get(n, v[POSE_PREFIX + f]) for n, f in zip(names, POSE_FIELDS))
+        z = poses[camera][2]
+        ground_z = v['grid.ground_z']
+        if v['grid.enabled'] and v['camera_pose.source'] == 'parameters' and z <= ground_z:
+            who = f'camera {camera}' if camera else 'the camera'
+            raise SettingsError(
+                f'parameter {names[2]}: {who} at z = {z} m is at or below the ground plane '
+                f'(grid.ground_z = {ground_z} m): it cannot see the ground from above. Give '
+                'the optical centre in grid.frame_id, above grid.ground_z.')
+    return poses
 
 
 def flatten(tree, prefix=''):
