@@ -3,6 +3,7 @@
 import math
 
 from conftest import claim_domain
+from diagnostic_msgs.msg import DiagnosticStatus
 from nav_msgs.msg import OccupancyGrid
 import numpy as np
 from rclpy.qos import QoSProfile
@@ -14,6 +15,7 @@ from sensor_msgs.msg import CameraInfo
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from test_node_integration import Channels
+from test_node_integration import diagnostics_status
 from test_node_integration import diagnostics_values
 from test_node_integration import Harness
 from test_node_integration import start_node
@@ -66,7 +68,8 @@ def test_grid_and_obstacles(tmp_path):
     harness.node.create_subscription(PointCloud2, 'segmentation/free_space', free.append, qos)
     info_pub = harness.node.create_publisher(CameraInfo, 'camera_info', qos)
     try:
-        # Before camera_info: the grid says what it waits for.
+        # Before camera_info: the grid says what it waits for, as a WARN of the camera, which
+        # is named by its input topic.
         for _ in range(int(TIMEOUT / 0.5)):
             harness.send(scene(), 'rgb8')
             harness.spin(0.5)
@@ -76,6 +79,11 @@ def test_grid_and_obstacles(tmp_path):
                 break
         else:
             raise AssertionError('diagnostics never said the grid waits for camera_info')
+        assert values['grid'] == 'waiting for camera_info on /camera_info'
+        status = diagnostics_status(harness, lambda s: 'grid' in {kv.key for kv in s.values})
+        assert status.name.endswith(': camera /image'), status.name
+        assert status.level == DiagnosticStatus.WARN, status
+        assert status.message == 'grid: waiting for camera_info on /camera_info', status.message
         assert not grids
         for _ in range(int(TIMEOUT / 0.5)):
             header = Header(frame_id='camera_optical_frame',

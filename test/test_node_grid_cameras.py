@@ -98,7 +98,7 @@ def camera_info(frame_id):
 
 
 def ray_cast(pose, drivable):
-    """The grid one camera sees: -1 unseen, 0 drivable, 100 not (the test's own geometry)."""
+    """Return the grid one camera sees: -1 unseen, 0 drivable, 100 not (own geometry)."""
     x0, y0, z0, roll, pitch, yaw = pose
     forward = np.array([math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw),
                         -math.sin(pitch)])
@@ -285,7 +285,7 @@ def test_every_grid_fuses_every_fresh_camera(tmp_path, names):
                     rig.check(msg, want, newest, fresh)
                     matches += 1
                     break
-            assert matches, 'a grid of the batch is no fusion of the cameras\' latest views'
+            assert matches, 'a grid of the batch is no fusion of the latest camera views'
         rig.views = new
         assert (grid_cells(rig.grids[-1]) == expected(new)[0]).all()
         assert stamps_never_go_back(rig.grids)
