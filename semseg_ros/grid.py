@@ -148,11 +148,13 @@ class GroundGrid:
                 state.projector = ground.GroundProjector(state.model, state.pose, self.spec)
             else:
                 state.projector.update(camera=state.model, pose=state.pose)
-        except ground.ProjectionError as exc:
-            state.refused = str(exc)
+        except Exception as exc:  # noqa: B902 - ProjectionError, or any: never out of a callback
+            state.refused = str(exc) if isinstance(exc, ground.ProjectionError) \
+                else f'{type(exc).__name__}: {exc}'
             state.projector = None
             state.view = None
-            self.node.get_logger().error(f'camera {name}: {exc}', throttle_duration_sec=5.0)
+            self.node.get_logger().error(f'camera {name}: {state.refused}',
+                                         throttle_duration_sec=5.0)
             return
         state.refused = ''
         if not len(state.projector.pixels[0]):
@@ -195,6 +197,8 @@ class GroundGrid:
             if state.pose is None:
                 return DiagnosticStatus.WARN, (
                     f'waiting for the pose {state.frame_id} -> {self.spec.frame_id} (TF)')
+            if state.projector is None:
+                return DiagnosticStatus.WARN, 'waiting for its projection to be built'
             if not len(state.projector.pixels[0]):
                 return DiagnosticStatus.WARN, self._sees_nothing()
             if state.view is None:
@@ -214,12 +218,6 @@ class GroundGrid:
 
     def _age(self, state):
         return self._newest() - state.view.stamp
-
-    def status(self):
-        """Return a short text for the log: ok, or what the grid waits for."""
-        texts = [f'{name}: {self.camera_status(name)[1]}' for name in self.state]
-        waiting = [t for t in texts if ': waiting' in t or ': refused' in t]
-        return '; '.join(waiting) if waiting else 'ok'
 
     def _take(self, name, header, mask):
         """Project one frame into its camera's view; return True when the view changed."""

@@ -325,8 +325,10 @@ def test_pose_under_the_ground_and_bad_pose_values_are_refused(tmp_path):
     domain = claim_domain()
     process = start_node(domain, *write_model(tmp_path), f'cameras:={list(names)}',
                          *grid_params(), *[p for p in pose_params(names)
-                                           if not p.startswith('camera_pose.left.z:')],
-                         'camera_pose.left.z:=-0.2', 'diagnostics_period:=0.3')
+                                           if not p.startswith(('camera_pose.left.z:',
+                                                                'camera_pose.front.y:'))],
+                         'camera_pose.left.z:=-0.2', 'diagnostics_period:=0.3',
+                         'stale_timeout:=5', 'camera_pose.front.y:=0')
     harness = Harness(domain, outputs=())
     try:
         status = diagnostics_status(harness, lambda s: 'configure failed' in s.message)
@@ -335,6 +337,9 @@ def test_pose_under_the_ground_and_bad_pose_values_are_refused(tmp_path):
         assert 'below the ground plane' in status.message
         assert process.poll() is None
         assert lifecycle(harness) == State.PRIMARY_STATE_UNCONFIGURED
+        # Integers given at start-up to floating-point parameters are stored as doubles.
+        for name in ('stale_timeout', 'camera_pose.front.y'):
+            assert get_value(harness, name).type == ParameterType.PARAMETER_DOUBLE, name
         # Invalid values of a per-camera pose are refused with a reason naming it.
         for value, reason in (('abc', 'expected float'), (99999999, 'out'),
                               (99999.0, 'out'), (None, 'cannot be unset')):
