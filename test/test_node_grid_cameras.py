@@ -355,11 +355,26 @@ def test_pose_under_the_ground_and_bad_pose_values_are_refused(tmp_path):
         assert set_value(harness, 'stale_timeout', 3).successful
         value = get_value(harness, 'stale_timeout')
         assert value.type == ParameterType.PARAMETER_DOUBLE and value.double_value == 3.0
-        # Fixed: configure and activate succeed with two cameras and the grid.
+        # Fixed: configure and activate succeed with two cameras and the grid. The front
+        # camera now looks 35 deg up: with its camera_info it sees no cell of the grid (WARN);
+        # the left one has no camera_info (WARN).
+        assert set_value(harness, 'camera_pose.front.pitch', -0.61).successful
         assert lifecycle(harness, Transition.TRANSITION_CONFIGURE) == State.PRIMARY_STATE_INACTIVE
         assert lifecycle(harness, Transition.TRANSITION_ACTIVATE) == State.PRIMARY_STATE_ACTIVE
-        for name in names:
-            diagnostics_status(harness, lambda s, n=name: s.name.endswith(f'camera {n}'))
+        info = harness.node.create_publisher(CameraInfo, 'front/camera_info', 10)
+        grids = []
+        harness.node.create_subscription(OccupancyGrid, 'segmentation/drivable_grid',
+                                         grids.append, 10)
+        end = time.monotonic() + TIMEOUT
+        while time.monotonic() < end and 'sees no cell' not in ''.join(
+                kv.value for a in harness.diagnostics[-3:] for s in a.status for kv in s.values):
+            info.publish(camera_info('front_optical'))
+            harness.spin(0.3)
+        status = diagnostics_status(harness, lambda s: s.name.endswith('camera front')
+                                    and 'sees no cell of the grid' in s.message)
+        assert status.level == b'\x01', status
+        status = diagnostics_status(harness, lambda s: s.name.endswith('camera left'))
+        assert status.level == b'\x01' and 'waiting for camera_info' in status.message, status
         # Configured: a bad value is still named as bad (not only "takes effect on configure").
         for value, reason in (('abc', 'expected float'), (99999999, 'out'),
                               (None, 'cannot be unset'), (0.5, 'takes effect on configure')):
