@@ -310,7 +310,7 @@ def test_runtime_parameters(tiny_model):
                 ('overlay_alpha', 2.0, 'overlay_alpha'),
                 ('drivable_classes', ['grass'], 'no class named'),
                 ('qos.input.depth', 5, 'read-only'),
-                ('model.weights', '/x.pt', 'takes effect on configure')):
+                ('grid.enabled', True, 'takes effect on configure')):
             result = set_param(harness, name, value)
             assert not result.successful, name
             assert reason in result.reason, (name, result.reason)
