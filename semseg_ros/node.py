@@ -35,7 +35,6 @@ from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterException
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy
@@ -48,6 +47,7 @@ from semseg_ros.core import pipeline
 from semseg_ros.core import settings as cfg
 from semseg_ros.core import swap
 from semseg_ros.core.engine import Frame
+from semseg_ros.executor import FramesInlineExecutor
 from semseg_ros.grid import GroundGrid
 from semseg_ros.io.image import array_to_image
 from semseg_ros.io.image import compressed_to_array
@@ -292,7 +292,7 @@ class SegmentationNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         # Frames and diagnostics go on while a parameter call (default group) waits for a
-        # model swap; main() spins with two threads.
+        # model swap (main spins with semseg_ros.executor).
         self.frames_group = MutuallyExclusiveCallbackGroup()
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics,
                           callback_group=self.frames_group)
@@ -753,9 +753,9 @@ def main(args=None):
     rclpy.init(args=args)
     node = SegmentationNode(startup_errors=check_command_line(
         sys.argv if args is None else args))
-    # Two threads: frames and diagnostics (node.frames_group) go on while a parameter call
-    # waits for a model swap.
-    executor = MultiThreadedExecutor(num_threads=2)
+    # Frames and diagnostics (node.frames_group) go on while a parameter call waits for a
+    # model swap.
+    executor = FramesInlineExecutor(node.frames_group)
     try:
         rclpy.spin(node, executor)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):

@@ -65,11 +65,16 @@ def _mib(value):
 
 
 def _free(devices):
-    """Collect garbage and give cached blocks of the CUDA devices back to the driver."""
-    gc.collect()
-    for device in devices:
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
+    """
+    On CUDA, collect garbage and give the cached blocks back to the driver.
+
+    On the CPU the old model's memory goes back when its last reference does; a full
+    collection there would only hold the interpreter lock (and the worker) for a while.
+    """
+    cuda = [device for device in devices if device.type == 'cuda']
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -187,7 +192,7 @@ class ModelSwap:
             _free(devices)
             after = torch.cuda.memory_allocated(device)
             memory = f'{_mib(before)} before, {_mib(peak)} at the peak, {_mib(after)} after'
-        return SwapResult(True, '', seconds, model=model, classes=(
+        return SwapResult(True, seconds=seconds, model=model, classes=(
             f'{class_summary(old_classes)} -> {class_summary(new_classes)}'),
             classes_changed=changed, memory=memory)
 
