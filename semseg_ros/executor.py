@@ -46,6 +46,11 @@ class FramesInlineExecutor(Executor):
             self._futures.remove(future)
             future.result()
 
+    def spin_once_until_future_complete(self, future, timeout_sec=None):
+        """Spin once, waking up when the future completes."""
+        future.add_done_callback(lambda _: self.wake())
+        self.spin_once(timeout_sec)
+
     def shutdown(self, timeout_sec=None):
         """Stop executing callbacks; a callback running on the helper thread finishes."""
         done = super().shutdown(timeout_sec)

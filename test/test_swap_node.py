@@ -17,6 +17,7 @@ from rcl_interfaces.msg import Parameter
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.msg import ParameterValue
 from rcl_interfaces.srv import SetParametersAtomically
+import rclpy
 from semseg_ros import deploy as deploy_module
 from semseg_ros.core.models import torchscript
 from semseg_ros.core.models.base import Preprocess
@@ -280,6 +281,44 @@ def test_deploy_to_a_running_node(swap_node, monkeypatch, capsys):
     assert deploy_module.main(['/semseg', files['A'], '--backend', 'torchscript']) == 0
     check_frame(harness, 'A')
     assert process.poll() is None
+
+
+def test_executor_runs_frames_while_a_default_callback_blocks():
+    """A default-group callback that blocks 1 s (a swap): the frames group keeps running."""
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+    from semseg_ros.executor import FramesInlineExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=claim_domain())
+    node = rclpy.create_node('executor_test', context=context)
+    frames = MutuallyExclusiveCallbackGroup()
+    ticks, blocking, overlaps = [], [], []
+
+    def block():
+        blocking.append((time.monotonic(), None))
+        time.sleep(1.0)
+        blocking[-1] = (blocking[-1][0], time.monotonic())
+
+    def other():  # default group too: never runs while block() does
+        overlaps.extend(1 for a, b in blocking if b is None)
+
+    node.create_timer(1.5, block)
+    node.create_timer(0.1, other)
+    node.create_timer(0.02, lambda: ticks.append(time.monotonic()), callback_group=frames)
+    executor = FramesInlineExecutor(frames, context=context)
+    executor.add_node(node)
+    try:
+        end = time.monotonic() + 3.5
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    start, stop = blocking[0]
+    inside = [t for t in ticks if start < t < stop]
+    assert stop - start >= 1.0 and len(inside) >= 20, (len(inside), len(ticks))
+    assert not overlaps
 
 
 def test_deploy_parameters():
