@@ -13,6 +13,10 @@ at start-up; with `autostart: false` it waits for a lifecycle manager:
 - deactivate: unsubscribe, stop the worker, free cached GPU memory.
 - cleanup: drop the model and the publishers.
 
+Model parameters set on a configured node swap the model live: the new one is loaded beside the
+running one and swapped in between two batches, and the set call answers with the outcome
+(core/swap.py; the executor of semseg_ros.executor keeps frames flowing meanwhile).
+
 Subscription callbacks only store the newest message per camera (a stale one is replaced and
 counted as dropped); the worker takes the newest frames of all cameras, runs them through the
 engine in one batch and publishes the outputs that someone subscribes to, each with the input
