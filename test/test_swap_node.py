@@ -19,6 +19,7 @@ from rcl_interfaces.msg import ParameterValue
 from rcl_interfaces.srv import SetParametersAtomically
 import rclpy
 from semseg_ros import deploy as deploy_module
+from semseg_ros.core.models import onnx
 from semseg_ros.core.models import torchscript
 from semseg_ros.core.models.base import Preprocess
 from semseg_ros.deploy import deploy
@@ -117,6 +118,8 @@ def swap_node(tmp_path_factory):
     torchscript.save(Channels(), files['A'], 3, Preprocess(scale=1.0 / 255.0))
     files['rounds'] = warmup_rounds(WARMUP_SECONDS)
     torchscript.save(SlowWarmup(files['rounds']), files['B'], 4, Preprocess(scale=1.0 / 255.0))
+    files['B.onnx'] = str(folder / 'reversed.onnx')
+    onnx.save(SlowWarmup(0), files['B.onnx'], 4, Preprocess(scale=1.0 / 255.0))
     (folder / 'corrupt.pt').write_bytes(b'PK\x03\x04 not really a zip archive' * 10)
     log = folder / 'node.log'
     domain = claim_domain()
@@ -279,6 +282,16 @@ def test_deploy_to_a_running_node(swap_node, monkeypatch, capsys):
     code = deploy_module.main(['/semseg', files['corrupt'], '--backend', 'torchscript'])
     assert code == 1 and 'not a loadable TorchScript archive' in capsys.readouterr().err
     assert deploy_module.main(['/semseg', files['A'], '--backend', 'torchscript']) == 0
+    check_frame(harness, 'A')
+    # Another backend with its options: model B as ONNX, and back (options cleared).
+    result = deploy('/semseg', files['B.onnx'], backend='onnx', classes=files['bgrk'],
+                    options={'providers': ['CPUExecutionProvider']}, timeout=TIMEOUT,
+                    domain_id=domain)
+    assert result.successful, result.reason
+    check_frame(harness, 'B')
+    result = deploy('/semseg', files['A'], backend='torchscript', classes=files['rgb'],
+                    options={}, timeout=TIMEOUT, domain_id=domain)
+    assert result.successful, result.reason
     check_frame(harness, 'A')
     assert process.poll() is None
 
