@@ -45,8 +45,16 @@ class DeployResult:
 
 
 def _value(value):
+    """Return the ParameterValue of a bool, int, float, str or list of str."""
     if isinstance(value, bool):
         return ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+    if isinstance(value, int):
+        return ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+    if isinstance(value, float):
+        return ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+    if isinstance(value, (list, tuple)):
+        return ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY,
+                              string_array_value=[str(v) for v in value])
     return ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(value))
 
 
@@ -65,9 +73,11 @@ def parameters(weights, backend='auto', classes=None, options=None, extra=None):
             yaml.safe_dump(dict(options), default_flow_style=True).strip() if options else '')
     values.update(extra or {})
     for name, value in values.items():
-        if not isinstance(value, (str, bool)):
-            raise ValueError(f'parameter {name}: deploy sends strings and booleans, '
-                             f'got {type(value).__name__}')
+        ok = isinstance(value, (str, bool, int, float)) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
+        if not ok:
+            raise ValueError(f'parameter {name}: deploy sends a bool, int, float, str or list '
+                             f'of str, got {type(value).__name__} {value!r}')
     return values
 
 
@@ -87,7 +97,8 @@ def deploy(node_name, weights, backend='auto', timeout=120.0, classes=None, opti
     weights: the model file (a path as the node sees it; an existing local relative path is
     made absolute). backend: model.backend. classes: the class set (None leaves the node's
     value; '' = the model's own). options: model.options as a dict or YAML text (None leaves
-    the node's value; {} clears it). extra: further parameters, {name: str or bool}.
+    the node's value; {} clears it). extra: further parameters in the same call, {name:
+    bool, int, float, str or list of str}, e.g. {'precision': 'fp16', 'max_batch': 4}.
     timeout: seconds for the whole call, the node's load included. domain_id: the ROS domain
     (None: ROS_DOMAIN_ID). Raises DeployError when the node does not answer in time.
     """

@@ -264,10 +264,10 @@ def test_swap_new_classes_while_frames_flow(swap_node):
 def test_deploy_to_a_running_node(swap_node, monkeypatch, capsys):
     harness, process, _, files, domain = swap_node
     result = deploy('/semseg', files['A'], backend='torchscript', classes=files['rgb'],
-                    timeout=TIMEOUT, domain_id=domain)
+                    timeout=TIMEOUT, extra={'max_batch': 1}, domain_id=domain)
     assert result.successful, result.reason
     assert result.parameters == {'model.backend': 'torchscript', 'model.weights': files['A'],
-                                 'classes': files['rgb']}
+                                 'classes': files['rgb'], 'max_batch': 1}
     check_frame(harness, 'A')
     result = deploy('semseg', files['missing'], backend='torchscript', timeout=TIMEOUT,
                     domain_id=domain)
@@ -340,7 +340,11 @@ def test_deploy_parameters():
                       'model.options': '{providers: [CPU]}'}
     assert deploy_module.parameters('m.ts', options={})['model.options'] == ''
     assert deploy_module.service_name('ns/semseg') == '/ns/semseg/set_parameters_atomically'
-    for bad in ({'backend': ' '}, {'extra': {'max_batch': 2}}):
+    extra = {'max_batch': 2, 'overlay_alpha': 0.5, 'drivable_classes': ['road']}
+    assert deploy_module.parameters('m.ts', extra=extra)['max_batch'] == 2
+    assert deploy_module._value(['road']).string_array_value == ['road']
+    assert deploy_module._value(2).integer_value == 2
+    for bad in ({'backend': ' '}, {'extra': {'options': {'a': 1}}}, {'extra': {'x': [1]}}):
         with pytest.raises(ValueError):
             deploy_module.parameters('m.ts', **bad)
     with pytest.raises(ValueError):
