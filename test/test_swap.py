@@ -142,6 +142,19 @@ def test_failed_load_keeps_the_old_model_and_says_why():
     r = swapper.swap(SETTINGS, old, lambda *a: installed.append(a))
     assert r.reason.startswith("KeyError: 'xxx") and 'more characters in the log' in r.reason
     assert len(r.reason) < swap.REASON_LIMIT + 60 and len(r.detail) > 2000
+    # Out of device memory: the reason says how to swap models that do not fit together.
+    swapper._build = lambda settings, log: (_ for _ in ()).throw(
+        torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB'))
+    r = swapper.swap(SETTINGS, old, lambda *a: installed.append(a))
+    assert r.reason.startswith('out of device memory loading the new model beside the '
+                               'running one') and 'Tried to allocate 2.00 GiB' in r.reason
+    assert 'deactivate, clean up, set the parameters and configure' in r.reason
+    # An error in the exchange itself is reported, and does not block later swaps.
+    swapper._build = lambda settings, log: (segmenter(Channels(), 3), classes.generic(3))
+    r = swapper.swap(SETTINGS, old, lambda *a: 1 / 0)
+    assert not r.ok and r.reason == ('model swap failed unexpectedly: ZeroDivisionError: '
+                                     'division by zero')
+    assert swapper.loading is None
     # A good load afterwards clears the warning.
     swapper._build = lambda settings, log: (segmenter(Channels(), 3), classes.generic(3))
     assert swapper.swap(SETTINGS, old, lambda *a: installed.append(a)).ok

@@ -64,15 +64,14 @@ def _mib(value):
     return f'{value / 2**20:.0f} MiB'
 
 
-def _free(devices):
+def _free():
     """
-    On CUDA, collect garbage and give the cached blocks back to the driver.
+    Where CUDA is in use, collect garbage and give the cached blocks back to the driver.
 
     On the CPU the old model's memory goes back when its last reference does; a full
     collection there would only hold the interpreter lock (and the worker) for a while.
     """
-    cuda = [device for device in devices if device.type == 'cuda']
-    if cuda:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         gc.collect()
         torch.cuda.empty_cache()
 
@@ -135,13 +134,15 @@ class ModelSwap:
                 return SwapResult(False, f'a model swap is already in progress '
                                          f'({self.loading[0]})', model=self.running)
             self.loading = (what, time.monotonic())
-        devices = {current.device}
         held = [current]  # _swap drops the last reference to the old model
         current = None
         try:
-            result = self._swap(settings, held, install, log, what, devices)
+            result = self._swap(settings, held, install, log, what)
+        except Exception as exc:  # noqa: B902 - a bug here must not block later swaps
+            reason = f'model swap failed unexpectedly: {type(exc).__name__}: {exc}'
+            result = SwapResult(False, clip(reason), detail=reason)
         finally:
-            _free(devices)
+            _free()
         with self._state:
             self.loading = None
             self.last = result
@@ -153,7 +154,7 @@ class ModelSwap:
                 result.model = self.running
         return result
 
-    def _swap(self, settings, held, install, log, what, devices):
+    def _swap(self, settings, held, install, log, what):
         current = held.pop()
         device = current.device
         cuda = device.type == 'cuda'
@@ -173,7 +174,6 @@ class ModelSwap:
         finally:
             pool.shutdown(wait=True)
         seconds = time.monotonic() - start
-        devices.add(segmenter.device)
         old_classes = current.classes
         self._open.clear()
         try:
@@ -189,7 +189,7 @@ class ModelSwap:
         memory = ''
         if cuda:
             peak = torch.cuda.max_memory_allocated(device)
-            _free(devices)
+            _free()
             after = torch.cuda.memory_allocated(device)
             memory = f'{_mib(before)} before, {_mib(peak)} at the peak, {_mib(after)} after'
         return SwapResult(True, seconds=seconds, model=model, classes=(
@@ -199,11 +199,14 @@ class ModelSwap:
     @staticmethod
     def _reason(exc, device):
         if isinstance(exc, torch.cuda.OutOfMemoryError):
-            free, total = torch.cuda.mem_get_info(device)
-            return (f'out of device memory loading the new model beside the running one '
-                    f'({_mib(free)} free of {_mib(total)}): {exc}. To swap models that do not '
-                    'fit together, deactivate, clean up, set the parameters and configure '
-                    '(no outputs meanwhile)')
+            _free()
+            where = ''
+            if torch.cuda.is_available():
+                free, total = torch.cuda.mem_get_info(device if device.type == 'cuda' else None)
+                where = f' ({_mib(free)} free of {_mib(total)})'
+            return (f'out of device memory loading the new model beside the running one'
+                    f'{where}: {exc}. To swap models that do not fit together, deactivate, '
+                    'clean up, set the parameters and configure (no outputs meanwhile)')
         text = str(exc).strip()
         known = (ValueError, RuntimeError, OSError, ImportError)
         return text if text and isinstance(exc, known) else f'{type(exc).__name__}: {text}'
