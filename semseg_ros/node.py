@@ -13,6 +13,10 @@ at start-up; with `autostart: false` it waits for a lifecycle manager:
 - deactivate: unsubscribe, stop the worker, free cached GPU memory.
 - cleanup: drop the model and the publishers.
 
+Model parameters set on a configured node swap the model live: the new one is loaded beside the
+running one and swapped in between two batches, and the set call answers with the outcome
+(core/swap.py; the executor of semseg_ros.executor keeps frames flowing meanwhile).
+
 Subscription callbacks only store the newest message per camera (a stale one is replaced and
 counted as dropped); the worker takes the newest frames of all cameras, runs them through the
 engine in one batch and publishes the outputs that someone subscribes to, each with the input
@@ -33,6 +37,7 @@ from rcl_interfaces.msg import IntegerRange
 from rcl_interfaces.msg import ParameterDescriptor
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -45,7 +50,9 @@ from semseg_ros.core import ground
 from semseg_ros.core import memory
 from semseg_ros.core import pipeline
 from semseg_ros.core import settings as cfg
+from semseg_ros.core import swap
 from semseg_ros.core.engine import Frame
+from semseg_ros.executor import FramesInlineExecutor
 from semseg_ros.grid import GroundGrid
 from semseg_ros.io.image import array_to_image
 from semseg_ros.io.image import compressed_to_array
@@ -76,6 +83,8 @@ CHANGE_NOTES = {
     'configure': 'Takes effect on the next configure (or a restart).',
     'restart': 'Read-only: needs a restart.',
     'runtime': 'Can change at run time.',
+    'swap': 'Can change at run time: the model is loaded beside the running one and swapped '
+            'between frames; the set call answers once it runs (or failed, keeping the old one).',
 }
 
 
@@ -206,10 +215,12 @@ class Camera:
         qos = qos_profile(settings.input_reliability, settings.input_depth)
         if settings.input_transport == 'compressed':
             self.subscription = self.node.create_subscription(
-                CompressedImage, self.prefix + 'image/compressed', self.on_image, qos)
+                CompressedImage, self.prefix + 'image/compressed', self.on_image, qos,
+                callback_group=self.node.frames_group)
         else:
             self.subscription = self.node.create_subscription(
-                Image, self.prefix + 'image', self.on_image, qos)
+                Image, self.prefix + 'image', self.on_image, qos,
+                callback_group=self.node.frames_group)
         self.subscribed_at = time.monotonic()
 
     def unsubscribe(self):
@@ -267,6 +278,7 @@ class SegmentationNode(LifecycleNode):
                               else 'not glibc, retain_memory has no effect'))
         self.segmenter = None
         self.base_classes = None
+        self.swapper = swap.ModelSwap()  # live model swap (core/swap.py)
         self.error = ''
         if startup_errors:
             self.error = 'invalid parameters at start-up: ' + '; '.join(startup_errors)
@@ -294,7 +306,11 @@ class SegmentationNode(LifecycleNode):
             and not cfg.spec_of(p.name).read_only])
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
+        # Frames and diagnostics go on while a parameter call (default group) waits for a
+        # model swap (main spins with semseg_ros.executor).
+        self.frames_group = MutuallyExclusiveCallbackGroup()
+        self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics,
+                          callback_group=self.frames_group)
         self.create_timer(INPUT_CHECK_PERIOD, self._update_inputs)
         if self.settings.autostart and not self.error:
             self.trigger_configure()
@@ -353,19 +369,23 @@ class SegmentationNode(LifecycleNode):
                 log.error(self.error)
                 return TransitionCallbackReturn.FAILURE
         self.error = ''
-        self._create_label_info()
+        self.swapper.track(self.segmenter, self.settings)
+        self._publish_label_info()
         return super().on_configure(state)
 
-    def _create_label_info(self):
+    def _publish_label_info(self):
+        """Publish the class set on label_info (latched); False without vision_msgs."""
         header = Header(stamp=self.get_clock().now().to_msg())
         msg = label_info_message(self.segmenter.classes, header)
         if msg is None:
-            return  # vision_msgs is not installed: class metadata stays in the class-set YAML
+            return False  # vision_msgs is not installed: class metadata stays in the YAML
         for camera in self.cameras:
-            camera.label_info = self.create_publisher(
-                type(msg), camera.prefix + LABEL_INFO_TOPIC,
-                qos_profile('reliable', 1, latched=True))
+            if camera.label_info is None:
+                camera.label_info = self.create_publisher(
+                    type(msg), camera.prefix + LABEL_INFO_TOPIC,
+                    qos_profile('reliable', 1, latched=True))
             camera.label_info.publish(msg)
+        return True
 
     def on_activate(self, state):
         """Subscribe to the cameras (those with listeners, see lazy_input), start the worker."""
@@ -413,6 +433,7 @@ class SegmentationNode(LifecycleNode):
             camera.destroy()
         self.cameras = []
         self.segmenter = None
+        self.swapper.track(None, None)
         self._free_device_memory()
 
     def _free_device_memory(self):
@@ -488,6 +509,8 @@ class SegmentationNode(LifecycleNode):
             values = {**self.settings.values, **changes}
             new = cfg.from_values({k: v for k, v in values.items()
                                    if cfg.spec_of(k) is not None})
+            if swap.needs_swap(changes):
+                return self._swap_model(new)
             if configured:
                 if 'drivable_classes' in changes:
                     base = self.base_classes
@@ -498,6 +521,34 @@ class SegmentationNode(LifecycleNode):
         except Exception as exc:  # noqa: B902 - a parameter service must never raise
             return SetParametersResult(successful=False, reason=str(exc))
         self.settings = new
+        return SetParametersResult(successful=True)
+
+    def _swap_model(self, new):
+        """Load the model of settings `new` beside the running one and swap it in."""
+        log = self.get_logger()
+
+        def install(segmenter, base):  # called between two batches (core/swap.py)
+            self.segmenter, self.base_classes, self.settings = segmenter, base, new
+
+        result = self.swapper.swap(new, self.segmenter, install, log.info)
+        if not result.ok:
+            log.error(f'model swap failed after {result.seconds:.2f} s, the old model keeps '
+                      f'running ({result.model}): {result.detail}')
+            return SetParametersResult(
+                successful=False,
+                reason=f'model not swapped, the old one keeps running: {result.reason}')
+        memory = f'; device memory {result.memory}' if result.memory else ''
+        log.info(f'model swapped in after {result.seconds:.2f} s of loading: '
+                 f'{result.model}{memory}')
+        if result.classes_changed:
+            try:
+                published = self._publish_label_info()
+            except Exception as exc:  # noqa: B902 - the swap itself succeeded
+                published = False
+                log.error(f'label_info not re-published: {exc}')
+            log.info(f'class set changed: {result.classes}; ' + (
+                'label_info re-published' if published else
+                'no label_info (vision_msgs is not installed)'))
         return SetParametersResult(successful=True)
 
     # Frames.
@@ -537,7 +588,8 @@ class SegmentationNode(LifecycleNode):
             if not batch:
                 continue
             try:
-                self._process(batch)
+                with self.swapper.batch():  # a model swap happens between two batches
+                    self._process(batch)
             except Exception as exc:  # noqa: B902 - the worker must survive any frame
                 if self._stop or not self.context.ok():
                     return  # shutting down: the context is gone, nothing to report
@@ -620,6 +672,15 @@ class SegmentationNode(LifecycleNode):
             work = self._work.values(time.monotonic())
         for camera in list(self.cameras):
             array.status.append(self._camera_status(camera, work))
+        seg, settings = self.segmenter, self.settings
+        if seg is not None:
+            level, message, values = self.swapper.report()
+            values.update({'backend': settings.backend, 'weights': settings.weights,
+                           'classes': swap.class_summary(seg.classes)})
+            array.status.append(DiagnosticStatus(
+                name=f'{self.get_fully_qualified_name()}: model', hardware_id=str(seg.device),
+                level=getattr(DiagnosticStatus, level), message=message,
+                values=[KeyValue(key=k, value=v) for k, v in values.items()]))
         self.diagnostics.publish(array)
 
     def _camera_status(self, camera, work):
@@ -718,11 +779,15 @@ def main(args=None):
     rclpy.init(args=args)
     node = SegmentationNode(startup_errors=check_command_line(
         sys.argv if args is None else args))
+    # Frames and diagnostics (node.frames_group) go on while a parameter call waits for a
+    # model swap.
+    executor = FramesInlineExecutor(node.frames_group)
     try:
-        rclpy.spin(node)
+        rclpy.spin(node, executor)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

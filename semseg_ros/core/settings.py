@@ -28,8 +28,10 @@ class Spec:
     choices: Tuple[str, ...] = ()
     low: Optional[float] = None
     high: Optional[float] = None
-    # When a new value takes effect: 'runtime' (at once), 'configure' (the next lifecycle
-    # configure: deactivate, cleanup, set, configure; or a restart) or 'restart' (read-only).
+    # When a new value takes effect: 'runtime' (at once), 'swap' (at once on a configured
+    # node: the model is rebuilt beside the running one and swapped between frames, see
+    # core/swap.py), 'configure' (the next lifecycle configure: deactivate, cleanup, set,
+    # configure; or a restart) or 'restart' (read-only).
     change: str = 'configure'
 
     @property
@@ -49,38 +51,41 @@ RELIABILITY = ('reliable', 'best_effort')
 PARAMETERS = (
     Spec('model.backend', 'espnet', 'Model backend: espnet (CamVid), espnetv2 (Cityscapes), '
          'torchscript, export (.pt2), onnx, torchvision, huggingface, smp, ultralytics. See '
-         'docs/MODELS.md.'),
+         'docs/MODELS.md.', change='swap'),
     Spec('model.weights', '', 'Weights or model file. Empty: the published weights of the '
-         'built-in model, from the cache directory (SEMSEG_ROS_CACHE) or downloaded once.'),
-    Spec('model.download', True, 'Allow downloading published weights missing from the cache.'),
+         'built-in model, from the cache directory (SEMSEG_ROS_CACHE) or downloaded once.',
+         change='swap'),
+    Spec('model.download', True, 'Allow downloading published weights missing from the cache.',
+         change='swap'),
     Spec('model.options', '', 'Backend options as a YAML mapping, e.g. "{name: '
          'deeplabv3_resnet50}" (torchvision), "{arch: unet, encoder: resnet34, classes: 5}" '
-         '(smp), "{conf: 0.4}" (ultralytics), "{providers: [CPUExecutionProvider]}" (onnx).'),
+         '(smp), "{conf: 0.4}" (ultralytics), "{providers: [CPUExecutionProvider]}" (onnx).',
+         change='swap'),
     Spec('model.allow_pickle', False, 'Allow model files that are Python pickles (Ultralytics '
-         '.pt): they can run code when loaded. Only for files you trust.'),
+         '.pt): they can run code when loaded. Only for files you trust.', change='swap'),
     Spec('model.input_width', 0, 'Width the model runs at; 0 = the model default (or the '
-         'frame width for models without one).', low=0, high=8192),
+         'frame width for models without one).', low=0, high=8192, change='swap'),
     Spec('model.input_height', 0, 'Height the model runs at; 0 = the model default (or the '
-         'frame height).', low=0, high=8192),
+         'frame height).', low=0, high=8192, change='swap'),
     Spec('model.upsample', 'logits', "How results reach the input resolution: 'logits' "
          "(bilinear logits, then argmax; best edges) or 'labels' (argmax, then nearest; "
-         'cheaper).', choices=('logits', 'labels')),
+         'cheaper).', choices=('logits', 'labels'), change='swap'),
     Spec('device', 'auto', "Torch device: 'auto' (CUDA when available, else CPU), 'cpu', "
-         "'cuda' or 'cuda:N'."),
+         "'cuda' or 'cuda:N'.", change='swap'),
     Spec('precision', 'fp32', 'Inference precision (fp16/bf16 use autocast).',
-         choices=('fp32', 'fp16', 'bf16')),
+         choices=('fp32', 'fp16', 'bf16'), change='swap'),
     Spec('channels_last', False, 'Use the channels_last memory format (faster convolutions '
-         'on recent GPUs).'),
-    Spec('warmup', True, 'Run one blank frame through the model at start-up.'),
+         'on recent GPUs).', change='swap'),
+    Spec('warmup', True, 'Run one blank frame through the model at start-up.', change='swap'),
     Spec('max_batch', 0, 'Frames (of several cameras) per forward pass; 0 = auto: all waiting '
          'frames on CUDA, one at a time on the CPU (where batching is slower per frame).',
-         low=0, high=64),
+         low=0, high=64, change='swap'),
     Spec('compile', False, 'torch.compile the model (CUDA: faster inference after a slow first '
-         'frame; warmup then pays the compile time at start-up).'),
+         'frame; warmup then pays the compile time at start-up).', change='swap'),
     Spec('decode_on_device', True, 'With compressed JPEG input on CUDA, decode on the GPU '
          '(nvjpeg) so the frame goes to the device compressed; other cases decode with OpenCV.'),
     Spec('classes', '', 'Class set: a name in config/classes (camvid, cityscapes) or a YAML '
-         "path. Empty: the model's own class set."),
+         "path. Empty: the model's own class set.", change='swap'),
     Spec('drivable_classes', [''], 'Names (or ids) of the drivable classes; empty: the '
          "'drivable: true' entries of the class set.", change='runtime'),
     Spec('overlay_alpha', 0.5, 'Opacity of the class colors in the overlay image.',
