@@ -116,8 +116,8 @@ class TransitionGuard:
             self.report(text + '; the node is finalized')
             return TransitionCallbackReturn.FAILURE
         self.failed = name
-        follow = ('the node releases everything and ends finalized' if name == 'shutdown'
-                  else 'the node releases everything and returns to unconfigured: configure '
+        follow = ('The node releases everything and ends finalized' if name == 'shutdown'
+                  else 'The node releases everything and returns to unconfigured: configure '
                        'it again')
         self.logger.error(f'{text}. {follow}.\n{details}')
         self.report(text)
