@@ -89,7 +89,8 @@ def client_main(args):
                 processed.append({key: int(values[f'frames {key}'])
                                   for key in ('received', 'processed', 'dropped')})
 
-    for name in OUTPUTS:
+    outputs = args.outputs
+    for name in outputs:
         node.create_subscription(Image, f'segmentation/{name}',
                                  lambda msg, name=name: on_output(name, msg), qos)
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
@@ -111,10 +112,13 @@ def client_main(args):
     # Ready: one frame came back complete (discovery done, input subscribed).
     deadline = time.monotonic() + args.startup
     warm = set()
-    while time.monotonic() < deadline and not any(len(got.get(s, ())) == 5 for s in warm):
+    def whole(stamp):
+        return len(got.get(stamp, ())) == len(outputs)
+
+    while time.monotonic() < deadline and not any(whole(s) for s in warm):
         warm.add(publish())
         spin(0.5)
-    if not any(len(got.get(s, ())) == 5 for s in warm):
+    if not any(whole(s) for s in warm):
         print(json.dumps({'error': 'no complete frame during start-up'}), flush=True)
         return 1
     spin(1.0)
@@ -132,9 +136,9 @@ def client_main(args):
     processed.clear()
     spin(2.5 * args.diagnostics_period)
     after = processed[-1] if processed else before
-    counts = {name: sum(name in got.get(s, ()) for s in sent) for name in OUTPUTS}
-    complete = sum(len(got.get(s, ())) == 5 for s in sent)
-    partial = sum(0 < len(got.get(s, ())) < 5 for s in sent)
+    counts = {name: sum(name in got.get(s, ()) for s in sent) for name in outputs}
+    complete = sum(whole(s) for s in sent)
+    partial = sum(0 < len(got.get(s, ())) < len(outputs) for s in sent)
     node_counts = {key: after[key] - before[key] for key in zero}
     result = {'published': len(sent), 'processed': node_counts['processed'],
               'node_received': node_counts['received'], 'node_dropped': node_counts['dropped'],
@@ -184,22 +188,23 @@ def write_tiny_classes(folder):
     return path
 
 
-def run_profile(args, profile):
-    """Run the node and the client with one profile setting; return the client's result."""
+def run_profile(args, profile, outputs):
+    """Run the node and the client with one profile and output set; return the result."""
     base = dict(os.environ, ROS_DOMAIN_ID=str(args.domain), PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
     node_cmd = [sys.executable, '-m', 'semseg_ros.node', '--ros-args', '--params-file',
                 str(PARAMS)]
     for param in node_params(args):
         node_cmd += ['-p', param]
-    log = open(Path(args.workdir) / f'delivery_node_{profile}.log', 'w')
+    log = open(Path(args.workdir) / f'delivery_node_{profile}_{len(outputs)}.log', 'w')
     node = subprocess.Popen(node_cmd, cwd=ROOT, env=profile_env(base, profile != 'none'),
                             stdout=log, stderr=subprocess.STDOUT)
     client_cmd = [sys.executable, __file__, '--client', '--domain', str(args.domain),
                   '--size', f'{args.size[0]}x{args.size[1]}', '--rate', str(args.rate),
                   '--seconds', str(args.seconds), '--grace', str(args.grace),
                   '--startup', str(args.startup),
-                  '--diagnostics-period', str(args.diagnostics_period)]
+                  '--diagnostics-period', str(args.diagnostics_period),
+                  '--outputs', ','.join(outputs)]
     try:
         done = subprocess.run(client_cmd, cwd=ROOT, capture_output=True, text=True,
                               env=profile_env(base, profile == 'shm'),
@@ -218,6 +223,7 @@ def run_profile(args, profile):
                          f'{done.stdout[-2000:]}\n{done.stderr[-2000:]}')
     result = json.loads(lines[-1])
     result['profile'] = profile
+    result['output_set'] = list(outputs)
     return result
 
 
@@ -226,18 +232,30 @@ def report(args, results, minutes):
     rows = []
     for r in results:
         share = 100.0 * r['complete'] / r['processed'] if r['processed'] else float('nan')
-        rows.append([PROFILES[r['profile']], r['published'], r['processed'], r['complete'],
-                     f'{share:.1f} %', r['processed'] - r['complete'], r['partial'],
-                     ' / '.join(str(r['outputs'][name]) for name in OUTPUTS)])
-    header = ['Fast DDS', 'published', 'node processed', 'complete (all five)',
-              'complete / processed', 'processed, not complete', 'partial',
-              'received per output: ' + ' / '.join(OUTPUTS)]
+        names = r['output_set']
+        rows.append([' + '.join(names) if len(names) < 5 else 'all five', PROFILES[r['profile']],
+                     r['published'], f"{r['processed']} ({r['node_dropped']})",
+                     r['complete'], f'{share:.1f} %', r['processed'] - r['complete'],
+                     ' / '.join(f'{r["outputs"][name]}' for name in names)])
+    header = ['outputs subscribed', 'Fast DDS', 'published', 'node processed (replaced in the '
+              'node)', 'complete', 'complete / processed', 'processed, not complete',
+              'received per output']
     command = ' '.join(['python', 'benchmarks/delivery_bench.py'] + args.argv)
     return (f'Command: `{command}` ({minutes:.1f} min). Machine: {machine()}; model '
             f'{args.model}; {args.size[0]}x{args.size[1]} rgb8 at {args.rate:g} Hz for '
-            f'{args.seconds:g} s per row, all five outputs subscribed (reliable, depth 10; '
-            f'the node publishes reliable, depth 1).\n\n'
+            f'{args.seconds:g} s per row; the client subscribes reliable, depth 10, the node '
+            f'publishes reliable, depth 1.\n\n'
             + markdown_table(header, rows) + '\n')
+
+
+def output_set(text):
+    """Parse 'all' or a comma list of output names."""
+    names = OUTPUTS if text == 'all' else tuple(n.strip() for n in text.split(',') if n.strip())
+    unknown = set(names) - set(OUTPUTS)
+    if unknown or not names:
+        raise SystemExit(f'delivery_bench: unknown outputs {sorted(unknown)} in {text!r}; '
+                         f'valid: all or some of {", ".join(OUTPUTS)}')
+    return tuple(names)
 
 
 def parse_size(text):
@@ -251,6 +269,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--client', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--profiles', nargs='+', default=['shm', 'none'], choices=PROFILES)
+    parser.add_argument('--output-sets', nargs='+', default=['all'],
+                        help="sets of outputs to subscribe, e.g. all label label,color,drivable")
+    parser.add_argument('--outputs', default='all', help=argparse.SUPPRESS)  # the client's
     parser.add_argument('--model', default='espnet', choices=('espnet', 'tiny'))
     parser.add_argument('--size', type=parse_size, default=(480, 360))
     parser.add_argument('--rate', type=float, default=10.0)
@@ -263,23 +284,26 @@ def main(argv=None):
     parser.add_argument('--cache', default='')
     parser.add_argument('--workdir', default=str(ROOT / 'build' / 'delivery_bench'))
     parser.add_argument('--json', default='', help='write the raw results to this file')
-    parser.add_argument('--markdown', default='', help='replace the delivery_bench section')
+    parser.add_argument('--markdown', default='', help='replace a section of this file')
+    parser.add_argument('--section', default='delivery_bench', help='the section to replace')
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.outputs = output_set(args.outputs)
     if args.client:
         return client_main(args)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     results = []
-    for profile in args.profiles:
-        results.append(run_profile(args, profile))
-        print(json.dumps(results[-1]), flush=True)
+    for outputs in args.output_sets:
+        for profile in args.profiles:
+            results.append(run_profile(args, profile, output_set(outputs)))
+            print(json.dumps(results[-1]), flush=True)
     text = report(args, results, (time.monotonic() - start) / 60.0)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.markdown:
-        write_section(args.markdown, 'delivery_bench', text)
+        write_section(args.markdown, args.section, text)
     return 0
 
 

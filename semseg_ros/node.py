@@ -636,11 +636,9 @@ class SegmentationNode(LifecycleNode):
             status.level, status.message = DiagnosticStatus.WARN, 'unconfigured'
         elif clock:
             status.level, status.message = DiagnosticStatus.WARN, clock
-        elif failing:
+        else:  # a callback failed lately
             status.level = DiagnosticStatus.WARN
             status.message = f'{callbacks.count} callbacks failed (last: {callbacks.last})'
-        else:
-            status.level, status.message = DiagnosticStatus.OK, 'ok'
         values = {'model': self.get_parameter('model.backend').value, 'clock': clock or 'ok'}
         values.update(callbacks.values())
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
