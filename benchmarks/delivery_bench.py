@@ -112,6 +112,7 @@ def client_main(args):
     # Ready: one frame came back complete (discovery done, input subscribed).
     deadline = time.monotonic() + args.startup
     warm = set()
+
     def whole(stamp):
         return len(got.get(stamp, ())) == len(outputs)
 
@@ -270,7 +271,7 @@ def main(argv=None):
     parser.add_argument('--client', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--profiles', nargs='+', default=['shm', 'none'], choices=PROFILES)
     parser.add_argument('--output-sets', nargs='+', default=['all'],
-                        help="sets of outputs to subscribe, e.g. all label label,color,drivable")
+                        help='sets of outputs to subscribe, e.g. all label label,color,drivable')
     parser.add_argument('--outputs', default='all', help=argparse.SUPPRESS)  # the client's
     parser.add_argument('--model', default='espnet', choices=('espnet', 'tiny'))
     parser.add_argument('--size', type=parse_size, default=(480, 360))
