@@ -169,12 +169,11 @@ def write_tiny(folder):
     from semseg_ros.core.models import torchscript
     from semseg_ros.core.models.base import Preprocess
 
-    class Channels(torch.nn.Module):
-        def forward(self, x):
-            return x
     path = Path(folder) / 'delivery_tiny.pt'
     path.parent.mkdir(parents=True, exist_ok=True)
-    torchscript.save(Channels(), str(path), 3, Preprocess(scale=1.0 / 255.0))
+    # torch's Identity, not a class of this file: scripting reads the class's source file.
+    module = torch.jit.script(torch.nn.Identity())
+    torchscript.save(module, str(path), 3, Preprocess(scale=1.0 / 255.0))
     return path
 
 
