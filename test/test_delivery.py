@@ -36,3 +36,26 @@ def test_every_processed_frame_comes_back_with_all_five_outputs(tmp_path):
     assert result['complete'] == result['processed'], result
     assert result['partial'] == 0, result
     assert all(count == result['complete'] for count in result['outputs'].values()), result
+
+
+def test_launch_files_and_the_demo_default_to_the_profile(monkeypatch):
+    """The profile is the default everywhere the package starts processes."""
+    import ast
+    from semseg_ros.tools import demo
+    for name in ('semseg.launch.py', 'camera_demo.launch.py'):
+        tree = ast.parse((ROOT / 'launch' / name).read_text())
+        declared = [call for call in ast.walk(tree) if isinstance(call, ast.Call)
+                    and getattr(call.func, 'id', None) == 'DeclareLaunchArgument'
+                    and ast.literal_eval(call.args[0]) == 'dds_profile']
+        assert len(declared) == 1, name
+        default = next(k.value for k in declared[0].keywords if k.arg == 'default_value')
+        text = ast.unparse(default)
+        assert 'FASTRTPS_DEFAULT_PROFILES_FILE' in text, (name, text)
+        assert "'fastdds_shm.xml'" in text or 'default_profile' in text, (name, text)
+    for variable in demo.DDS_PROFILE_VARS:
+        monkeypatch.delenv(variable, raising=False)
+    found = demo.parse_args([]).dds_profile
+    assert found.endswith('config/fastdds_shm.xml') and Path(found).is_file()
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/robot/own_profile.xml')
+    assert demo.parse_args([]).dds_profile == '/robot/own_profile.xml'
+    assert demo.parse_args(['--dds-profile', 'none']).dds_profile == 'none'
