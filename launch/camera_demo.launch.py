@@ -3,9 +3,13 @@
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.actions import IncludeLaunchDescription
+from launch.actions import SetEnvironmentVariable
+from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import EnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch.substitutions import PathJoinSubstitution
+from launch.substitutions import PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -17,6 +21,8 @@ def generate_launch_description():
     rate = LaunchConfiguration('rate')
     namespace = LaunchConfiguration('namespace')
     image_topic = LaunchConfiguration('image_topic')
+    dds_profile = LaunchConfiguration('dds_profile')
+    profile_given = IfCondition(PythonExpression(["'", dds_profile, "' != ''"]))
     return LaunchDescription([
         DeclareLaunchArgument(
             'source', default_value='',
@@ -30,6 +36,19 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'image_topic', default_value='image',
             description='Image topic between the camera source and the node'),
+        DeclareLaunchArgument(
+            'dds_profile', default_value=EnvironmentVariable(
+                'FASTRTPS_DEFAULT_PROFILES_FILE', default_value=PathJoinSubstitution(
+                    [FindPackageShare('semseg_ros'), 'config', 'fastdds_shm.xml'])),
+            description='Fast DDS XML profile of the camera source and the node (default: '
+                        'the one the environment names, else the installed '
+                        'config/fastdds_shm.xml: complete frames with every output); empty = '
+                        'as set in the environment'),
+        # Fast DDS 2.x (Jazzy) reads the first name, 3.x (Kilted) the second.
+        SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', dds_profile,
+                               condition=profile_given),
+        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', dds_profile,
+                               condition=profile_given),
         Node(
             package='semseg_ros',
             executable='camera_source',
@@ -43,5 +62,6 @@ def generate_launch_description():
         ),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(PathJoinSubstitution(
-                [FindPackageShare('semseg_ros'), 'launch', 'semseg.launch.py']))),
+                [FindPackageShare('semseg_ros'), 'launch', 'semseg.launch.py'])),
+            launch_arguments=[('dds_profile', dds_profile)]),
     ])

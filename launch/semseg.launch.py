@@ -7,6 +7,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.actions import SetEnvironmentVariable
 from launch.conditions import IfCondition
+from launch.substitutions import EnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch.substitutions import PythonExpression
 from launch_ros.actions import Node
@@ -15,8 +16,9 @@ from launch_ros.parameter_descriptions import ParameterValue
 
 def generate_launch_description():
     """Return the launch description: one semseg node, remappable input."""
-    default_params = os.path.join(
-        get_package_share_directory('semseg_ros'), 'config', 'semseg.yaml')
+    share = get_package_share_directory('semseg_ros')
+    default_params = os.path.join(share, 'config', 'semseg.yaml')
+    default_profile = os.path.join(share, 'config', 'fastdds_shm.xml')
     params_file = LaunchConfiguration('params_file')
     namespace = LaunchConfiguration('namespace')
     image_topic = LaunchConfiguration('image_topic')
@@ -48,11 +50,13 @@ def generate_launch_description():
             'log_level', default_value='info',
             description='Logging level (debug, info, warn, error, fatal)'),
         DeclareLaunchArgument(
-            'dds_profile', default_value='',
-            description='Fast DDS XML profile for the node, e.g. the installed '
-                        'config/fastdds_shm.xml (large shared-memory segments for 720p and '
-                        'larger raw images; give it to the camera driver and the consumers '
-                        'too); empty = as set in the environment'),
+            'dds_profile', default_value=EnvironmentVariable(
+                'FASTRTPS_DEFAULT_PROFILES_FILE', default_value=default_profile),
+            description='Fast DDS XML profile for the node; default: the one the environment '
+                        'names, else the installed config/fastdds_shm.xml (64 MiB shared-'
+                        'memory segments: without it, frames with all five outputs come back '
+                        'incomplete, see docs/PERFORMANCE.md; give it to the camera driver and '
+                        'the consumers too); empty = as set in the environment'),
         # Fast DDS 2.x (Jazzy) reads the first name, 3.x (Kilted) the second.
         SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', dds_profile,
                                condition=profile_given),

@@ -16,6 +16,8 @@ import threading
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from nav_msgs.msg import OccupancyGrid
+from rclpy.clock import Clock
+from rclpy.clock import ClockType
 from semseg_ros.core import ground
 from semseg_ros.io import nav
 from sensor_msgs.msg import CameraInfo
@@ -98,7 +100,9 @@ class GroundGrid:
                                 'camera_pose.source: parameters') from None
             self.tf_buffer = tf2_ros.Buffer()
             self.tf_listener = tf2_ros.TransformListener(self.tf_buffer, node)
-            self.tf_timer = node.create_timer(1.0, self._refresh_tf)
+            # Steady clock: with use_sim_time and no /clock a ROS-time timer never fires.
+            self.tf_timer = node.create_timer(
+                1.0, self._refresh_tf, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def wanted(self):
         """Return True when the grid or one of the clouds has a subscriber."""

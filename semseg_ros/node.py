@@ -38,6 +38,8 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock
+from rclpy.clock import ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -46,6 +48,7 @@ from rclpy.qos import DurabilityPolicy
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
+from semseg_ros import guard
 from semseg_ros.core import ground
 from semseg_ros.core import memory
 from semseg_ros.core import pipeline
@@ -54,6 +57,7 @@ from semseg_ros.core import swap
 from semseg_ros.core.engine import Frame
 from semseg_ros.executor import FramesInlineExecutor
 from semseg_ros.grid import GroundGrid
+from semseg_ros.guard import transition
 from semseg_ros.io.image import array_to_image
 from semseg_ros.io.image import compressed_to_array
 from semseg_ros.io.image import compressed_to_tensor
@@ -79,6 +83,7 @@ LATENCY_WINDOW = 200
 # Consecutive failed frames after which diagnostics report ERROR instead of WARN.
 ERROR_STREAK = 5
 INPUT_CHECK_PERIOD = 0.2  # seconds between checks for output subscribers (lazy_input)
+CALLBACK_WARN_SECONDS = 60.0  # a failed callback keeps the node's status WARN this long
 CHANGE_NOTES = {
     'configure': 'Takes effect on the next configure (or a restart).',
     'restart': 'Read-only: needs a restart.',
@@ -304,14 +309,21 @@ class SegmentationNode(LifecycleNode):
             [s.name for s in cfg.PARAMETERS] + cfg.pose_parameter_names(self.settings.cameras))
             if p.type_ == Parameter.Type.INTEGER and cfg.spec_of(p.name).value_type is float
             and not cfg.spec_of(p.name).read_only])
+        # Nothing fatal, nothing silent (semseg_ros/guard.py): transitions and callbacks.
+        self.transition_guard = guard.TransitionGuard(
+            self.get_logger(), self._report_error, guard.FaultPlan.from_env())
+        self.callback_guard = guard.CallbackGuard(self.get_logger())
+        self.callback_guard.guard_services(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         # Frames and diagnostics go on while a parameter call (default group) waits for a
         # model swap (main spins with semseg_ros.executor).
         self.frames_group = MutuallyExclusiveCallbackGroup()
+        # Steady-clock timers: with use_sim_time and no /clock, ROS-time timers never fire.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics,
-                          callback_group=self.frames_group)
-        self.create_timer(INPUT_CHECK_PERIOD, self._update_inputs)
+                          callback_group=self.frames_group, clock=steady)
+        self.create_timer(INPUT_CHECK_PERIOD, self._update_inputs, clock=steady)
         if self.settings.autostart and not self.error:
             self.trigger_configure()
             if self.segmenter is not None:
@@ -343,6 +355,10 @@ class SegmentationNode(LifecycleNode):
         names += cfg.pose_parameter_names(self.settings.cameras)
         return cfg.from_values({name: self.get_parameter(name).value for name in names})
 
+    def _report_error(self, text):
+        self.error = text
+
+    @transition('configure')
     def on_configure(self, state):
         """Validate parameters, load the model and class set, create the publishers."""
         log = self.get_logger()
@@ -387,6 +403,7 @@ class SegmentationNode(LifecycleNode):
             camera.label_info.publish(msg)
         return True
 
+    @transition('activate')
     def on_activate(self, state):
         """Subscribe to the cameras (those with listeners, see lazy_input), start the worker."""
         result = super().on_activate(state)
@@ -397,6 +414,7 @@ class SegmentationNode(LifecycleNode):
         self._start_worker()
         return result
 
+    @transition('deactivate')
     def on_deactivate(self, state):
         """Unsubscribe, stop the worker and free cached device memory."""
         self._active = False
@@ -408,16 +426,19 @@ class SegmentationNode(LifecycleNode):
         self._free_device_memory()
         return super().on_deactivate(state)
 
+    @transition('cleanup')
     def on_cleanup(self, state):
         """Drop the model and the publishers."""
         self._release()
         return super().on_cleanup(state)
 
+    @transition('shutdown')
     def on_shutdown(self, state):
         """Stop everything."""
         self._release()
         return super().on_shutdown(state)
 
+    @transition('error')
     def on_error(self, state):
         """Release everything after an error in a transition."""
         self._release()
@@ -597,12 +618,13 @@ class SegmentationNode(LifecycleNode):
                     self._fail(camera, f'processing failed: {type(exc).__name__}: {exc}')
 
     def _decode(self, msg):
+        limit = self.settings.max_input_pixels  # checked before decoding
         if isinstance(msg, CompressedImage):
             device = self.segmenter.device
             if device.type == 'cuda' and self.settings.decode_on_device and is_jpeg(msg):
-                return compressed_to_tensor(msg, device)  # nvjpeg: stays on the GPU
-            return compressed_to_array(msg)
-        return image_to_array(msg)
+                return compressed_to_tensor(msg, device, limit)  # nvjpeg: stays on the GPU
+            return compressed_to_array(msg, limit)
+        return image_to_array(msg, limit)
 
     def _process(self, batch):
         seg = self.segmenter
@@ -660,14 +682,9 @@ class SegmentationNode(LifecycleNode):
     def _publish_diagnostics(self):
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        if not self.cameras:
-            status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: node',
-                                      hardware_id='none')
-            status.level = DiagnosticStatus.ERROR if self.error else DiagnosticStatus.WARN
-            status.message = self.error or 'unconfigured'
-            status.values = [KeyValue(key='model',
-                                      value=self.get_parameter('model.backend').value)]
-            array.status.append(status)
+        node_status = self._node_status()
+        if node_status is not None:
+            array.status.append(node_status)
         with self._cond:
             work = self._work.values(time.monotonic())
         for camera in list(self.cameras):
@@ -682,6 +699,29 @@ class SegmentationNode(LifecycleNode):
                 level=getattr(DiagnosticStatus, level), message=message,
                 values=[KeyValue(key=k, value=v) for k, v in values.items()]))
         self.diagnostics.publish(array)
+
+    def _node_status(self):
+        """Return the node's own status, or None when configured and nothing to report."""
+        clock = guard.sim_clock_problem(self.get_clock())
+        callbacks = self.callback_guard
+        failing = callbacks.recent(CALLBACK_WARN_SECONDS)
+        if self.cameras and not (self.error or clock or failing):
+            return None
+        status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: node',
+                                  hardware_id='none')
+        if self.error:
+            status.level, status.message = DiagnosticStatus.ERROR, self.error
+        elif not self.cameras:
+            status.level, status.message = DiagnosticStatus.WARN, 'unconfigured'
+        elif clock:
+            status.level, status.message = DiagnosticStatus.WARN, clock
+        else:  # a callback failed lately
+            status.level = DiagnosticStatus.WARN
+            status.message = f'{callbacks.count} callbacks failed (last: {callbacks.last})'
+        values = {'model': self.get_parameter('model.backend').value, 'clock': clock or 'ok'}
+        values.update(callbacks.values())
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        return status
 
     def _camera_status(self, camera, work):
         seg = self.segmenter
@@ -783,7 +823,8 @@ def main(args=None):
     # model swap.
     executor = FramesInlineExecutor(node.frames_group)
     try:
-        rclpy.spin(node, executor)
+        # survives a failing callback (semseg_ros/guard.py)
+        node.callback_guard.spin(node, executor)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:

@@ -380,8 +380,8 @@ def test_jpeg_gray():
 @pytest.mark.parametrize('data, words', [
     (b'', ['no data']),
     (b'hello world', ['neither JPEG nor PNG']),
-    (b'\x89PNG\r\n\x1a\n' + b'\x00' * 40, ['empty image']),
-    (b'\xff\xd8\xff' + b'\x00' * 40, ['cannot decode']),
+    (b'\x89PNG\r\n\x1a\n' + b'\x00' * 40, ['no frame size found']),
+    (b'\xff\xd8\xff' + b'\x00' * 40, ['no frame size found']),
 ])
 def test_compressed_errors(data, words):
     with pytest.raises(ImageError) as error:
@@ -479,5 +479,5 @@ def test_jpeg_decoded_as_a_tensor_matches_opencv():
     assert np.abs(tensor.numpy().astype(int) - array[:, :, ::-1].astype(int)).max() <= 1
     with pytest.raises(ImageError, match='not JPEG'):
         compressed_to_tensor(CompressedImage(format='png', data=b'\x89PNG\r\n\x1a\nxx'), 'cpu')
-    with pytest.raises(ImageError, match='cannot decode JPEG'):
+    with pytest.raises(ImageError, match='no frame size found'):
         compressed_to_tensor(CompressedImage(format='jpeg', data=b'\xff\xd8\xffgarbage'), 'cpu')

@@ -105,6 +105,11 @@ PARAMETERS = (
     Spec('input_transport', 'raw', "'raw' subscribes image (sensor_msgs/Image); 'compressed' "
          'subscribes image/compressed (sensor_msgs/CompressedImage, jpeg or png).',
          choices=('raw', 'compressed'), change='restart'),
+    Spec('max_input_pixels', 4096 * 4096, 'Largest input frame accepted, in pixels (width x '
+         'height), raw or compressed; a compressed frame is checked from its PNG/JPEG header '
+         'before decoding, so a decompression bomb costs nothing. Larger frames are refused '
+         'with an error in diagnostics. Default 16777216 (4096 x 4096).', low=1,
+         high=16384 * 16384, change='runtime'),
     Spec('lazy_input', True, "Subscribe to a camera's input only while one of its enabled "
          'outputs (or the grid) has a subscriber, so a node nobody listens to receives and '
          'decodes nothing. false: always subscribed (frames are counted as skipped).',
@@ -232,6 +237,7 @@ class Settings:
     cameras: Tuple[str, ...] = ('',)
     input_transport: str = 'raw'
     lazy_input: bool = True
+    max_input_pixels: int = 4096 * 4096
     retain_memory: bool = True
     autostart: bool = True
     diagnostics_period: float = 1.0
@@ -340,6 +346,7 @@ def from_values(values):
         cameras=cameras,
         input_transport=v['input_transport'],
         lazy_input=v['lazy_input'],
+        max_input_pixels=v['max_input_pixels'],
         retain_memory=v['retain_memory'],
         autostart=v['autostart'],
         diagnostics_period=v['diagnostics_period'],

@@ -32,6 +32,9 @@ MAX_SIDE = 16384
 # Most pixels a compressed frame may claim per byte of data (deflate tops out near 1000:1;
 # a uniform 1080p mono PNG needs about 1000): more means a forged header (decompression bomb).
 MAX_PIXELS_PER_BYTE = 4096
+# Most bytes of a JPEG searched for its frame header (start-of-frame marker); a JPEG's header
+# segments are at most 64 KiB each, a camera's come to a few KiB.
+JPEG_HEADER_SEARCH = 1 << 20
 
 _Spec = namedtuple('_Spec', 'depth channels color convert')
 
@@ -89,12 +92,25 @@ class ImageError(ValueError):
     """An image message that cannot be converted (the message says why)."""
 
 
+def visible(text):
+    """Return text quoted, its control and invisible characters escaped (as repr does)."""
+    return repr(str(text))
+
+
+def check_pixels(width, height, max_pixels, what='image'):
+    """Raise ImageError when width x height exceeds max_pixels (None or 0: no limit)."""
+    if max_pixels and width * height > max_pixels:
+        raise ImageError(
+            f'{what} of {width}x{height} = {width * height} pixels exceeds max_input_pixels '
+            f'({max_pixels}); not decoded')
+
+
 def _spec(encoding):
     """Return the layout of an encoding or raise ImageError listing the supported ones."""
     spec = _SPECS.get(str(encoding).strip().lower())
     if spec is None:
-        raise ImageError(
-            f"unsupported encoding '{encoding}'; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+        supported = ', '.join(SUPPORTED_ENCODINGS)
+        raise ImageError(f'unsupported encoding {visible(encoding)}; supported: {supported}')
     return spec
 
 
@@ -117,7 +133,7 @@ def _check_size(width, height, encoding=''):
         raise ImageError(
             f'image size {width}x{height} exceeds the limit of {MAX_SIDE} pixels per side')
     if str(encoding).strip().lower() in _PAIRED and width % 2:
-        raise ImageError(f"encoding '{encoding}' needs an even width, got {width}")
+        raise ImageError(f'encoding {visible(encoding)} needs an even width, got {width}')
 
 
 def _buffer(data):
@@ -134,15 +150,16 @@ def _buffer(data):
         raise ImageError(f'image data is not a byte sequence: {error}') from None
 
 
-def image_to_array(msg):
+def image_to_array(msg, max_pixels=None):
     """
     Convert a sensor_msgs/Image to an (array, color) pair.
 
     Plain encodings return an H x W x C view on `msg.data` (no copy) that honours `step`; 16-bit
     data in the other byte order, or with an odd `step`, is copied into a new array. YUV 4:2:2
     and Bayer encodings are converted with OpenCV into a new contiguous RGB array. `color` is
-    one of 'rgb', 'bgr', 'rgba', 'bgra' or 'mono' (mono arrays are H x W x 1). Raises
-    ImageError for any invalid message.
+    one of 'rgb', 'bgr', 'rgba', 'bgra' or 'mono' (mono arrays are H x W x 1). More than
+    `max_pixels` pixels (None: no limit but MAX_SIDE per side) is refused before the data is
+    touched. Raises ImageError for any invalid message.
     """
     encoding = msg.encoding
     spec = _spec(encoding)
@@ -150,11 +167,12 @@ def image_to_array(msg):
     height = _count(msg.height, 'height')
     step = _count(msg.step, 'step')
     _check_size(width, height, encoding)
+    check_pixels(width, height, max_pixels)
     row = width * spec.channels * spec.depth
     if step < row:
         raise ImageError(
             f'step {step} is smaller than width {width} x {spec.channels * spec.depth} bytes per '
-            f"pixel = {row} for encoding '{encoding}'")
+            f'pixel = {row} for encoding {visible(encoding)}')
     data = _buffer(msg.data)
     if data.size < step * height:
         raise ImageError(
@@ -174,74 +192,103 @@ def image_to_array(msg):
     try:
         rgb = cv2.cvtColor(image if spec.channels > 1 else image[:, :, 0], spec.convert)
     except cv2.error as error:
-        raise ImageError(f"cannot convert encoding '{encoding}': {error}") from None
+        raise ImageError(f'cannot convert encoding {visible(encoding)}: {error}') from None
     return np.ascontiguousarray(rgb), spec.color
+
+
+def _jpeg_size(data):
+    """Return (width, height) from a JPEG's first start-of-frame segment, or None."""
+    raw = data[:JPEG_HEADER_SEARCH].tobytes()
+    pos = 2
+    while pos + 9 <= len(raw):
+        if raw[pos] != 0xFF:  # stray bytes between segments: libjpeg skips them too
+            pos = raw.find(b'\xff', pos)
+            if pos < 0:
+                return None
+            continue
+        marker = raw[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack('>HH', raw[pos + 5:pos + 9])
+            return width, height
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        pos += 2 + struct.unpack('>H', raw[pos + 2:pos + 4])[0]
+    return None
 
 
 def _compressed_size(data):
     """Return (width, height) from a PNG or JPEG header, or None when it is not found."""
     head = data[:32].tobytes()
-    if head.startswith(_PNG_MAGIC) and len(head) >= 24:
-        width, height = struct.unpack('>II', head[16:24])
-        return width, height
-    if not head.startswith(_JPEG_MAGIC):
-        return None
-    # Walk the JPEG markers up to the first start-of-frame segment.
-    raw = data.tobytes() if data.size <= 1 << 16 else data[:1 << 16].tobytes()
-    pos = 2
-    while pos + 9 <= len(raw):
-        if raw[pos] != 0xFF:
+    if head.startswith(_PNG_MAGIC):
+        if len(head) < 24 or head[12:16] != b'IHDR':
             return None
-        marker = raw[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        length = struct.unpack('>H', raw[pos + 2:pos + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack('>HH', raw[pos + 5:pos + 9])
-            return width, height
-        pos += 2 + length
+        return struct.unpack('>II', head[16:24])
+    if head.startswith(_JPEG_MAGIC):
+        return _jpeg_size(data)
     return None
 
 
-def _check_claimed_size(data, fmt):
-    """Refuse a header whose size is absurd or far beyond what the data can encode."""
+def _check_claimed_size(data, fmt, max_pixels):
+    """
+    Read the frame size from the PNG or JPEG header and refuse it before anything is decoded.
+
+    Refused: no size in the header, a size above MAX_SIDE per side or above max_pixels in all,
+    and a size far beyond what the data can encode (a decompression bomb). What passes
+    decodes into exactly one frame of that size (width x height x channels), nothing larger.
+    """
     size = _compressed_size(data)
     if size is None:
-        return
-    _check_size(size[0], size[1])
-    if size[0] * size[1] > MAX_PIXELS_PER_BYTE * data.size:
+        raise ImageError(f'compressed image (format {visible(fmt)}): no frame size found in '
+                         'its PNG/JPEG header, not decoded')
+    width, height = size
+    _check_size(width, height)
+    check_pixels(width, height, max_pixels, f'compressed image (format {visible(fmt)})')
+    if width * height > MAX_PIXELS_PER_BYTE * data.size:
         raise ImageError(
-            f"compressed image (format '{fmt}') claims {size[0]}x{size[1]} pixels from "
+            f'compressed image (format {visible(fmt)}) claims {width}x{height} pixels from '
             f'{data.size} bytes: corrupt or malicious header, not decoded')
+    return size
 
 
-def compressed_to_array(msg):
+def compressed_to_array(msg, max_pixels=None):
     """
     Decode a sensor_msgs/CompressedImage (JPEG or PNG) to an (array, color) pair.
 
     The format string is informative only ('jpeg', 'png', 'rgb8; jpeg compressed bgr8', ...):
     the data itself must be JPEG or PNG. '16UC1; compressedDepth png' (its 12-byte header
     first) is accepted too. Results: gray -> H x W x 1 'mono', color -> 'bgr', with alpha ->
-    'bgra'; 8-bit or 16-bit as stored. Raises ImageError for empty, unknown or undecodable data.
+    'bgra'; 8-bit or 16-bit as stored. The size is read from the header first: more than
+    `max_pixels` pixels (None: no limit but MAX_SIDE per side), or a size the data cannot hold,
+    is refused before decoding. Raises ImageError for empty, unknown, oversized or undecodable
+    data.
     """
     fmt = str(msg.format)
     data = _buffer(msg.data)
     if 'compresseddepth' in fmt.lower():
         data = data[_DEPTH_HEADER:]
     if data.size == 0:
-        raise ImageError(f"compressed image (format '{fmt}') has no data")
+        raise ImageError(f'compressed image (format {visible(fmt)}) has no data')
     head = data[:8].tobytes()
     if not (head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC)):
-        raise ImageError(f"compressed data (format '{fmt}') is neither JPEG nor PNG")
-    _check_claimed_size(data, fmt)
+        raise ImageError(f'compressed data (format {visible(fmt)}) is neither JPEG nor PNG')
+    width, height = _check_claimed_size(data, fmt, max_pixels)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as error:
-        raise ImageError(f"cannot decode compressed image (format '{fmt}'): {error}") from None
+        raise ImageError(
+            f'cannot decode compressed image (format {visible(fmt)}): {error}') from None
     if image is None or image.size == 0:
-        raise ImageError(f"cannot decode compressed image (format '{fmt}')")
-    _check_size(image.shape[1], image.shape[0])
+        raise ImageError(f'cannot decode compressed image (format {visible(fmt)})')
+    if image.shape[:2] != (height, width):  # the decoder read another header than ours
+        raise ImageError(
+            f'compressed image (format {visible(fmt)}) decoded to {image.shape[1]}x'
+            f'{image.shape[0]}, its header says {width}x{height}')
     if image.ndim == 2:
         return image[:, :, None], 'mono'
     channels = image.shape[2]
@@ -259,13 +306,13 @@ def is_jpeg(msg):
     return _buffer(msg.data)[:3].tobytes() == _JPEG_MAGIC
 
 
-def compressed_to_tensor(msg, device):
+def compressed_to_tensor(msg, device, max_pixels=None):
     """
     Decode a JPEG CompressedImage on a torch device (nvjpeg on CUDA): (H x W x 3 'rgb').
 
     The CUDA path keeps the frame on the GPU from decode to inference. On other devices
     torchvision's CPU decoder runs (the same libjpeg results as OpenCV, give or take rounding).
-    Raises ImageError for non-JPEG or undecodable data.
+    Raises ImageError for non-JPEG, oversized (see compressed_to_array) or undecodable data.
     """
     import torch
     from torchvision.io import decode_jpeg
@@ -273,13 +320,14 @@ def compressed_to_tensor(msg, device):
 
     data = _buffer(msg.data)
     if data[:3].tobytes() != _JPEG_MAGIC:
-        raise ImageError(f"compressed data (format '{msg.format}') is not JPEG")
-    _check_claimed_size(data, msg.format)
+        raise ImageError(f'compressed data (format {visible(msg.format)}) is not JPEG')
+    _check_claimed_size(data, msg.format, max_pixels)
     try:
         chw = decode_jpeg(torch.from_numpy(data.copy()), mode=ImageReadMode.RGB,
                           device=device)
     except RuntimeError as error:
-        raise ImageError(f"cannot decode JPEG (format '{msg.format}'): {error}") from None
+        raise ImageError(
+            f'cannot decode JPEG (format {visible(msg.format)}): {error}') from None
     return chw.permute(1, 2, 0), 'rgb'
 
 
@@ -298,11 +346,11 @@ def array_to_image(array, encoding, header=None):
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] != spec.channels:
         raise ImageError(
-            f"encoding '{encoding}' needs an H x W x {spec.channels} array, got shape "
+            f'encoding {visible(encoding)} needs an H x W x {spec.channels} array, got shape '
             f'{np.shape(array)}')
     if image.dtype.kind != 'u' or image.dtype.itemsize != spec.depth:
         raise ImageError(
-            f"encoding '{encoding}' needs uint{8 * spec.depth} data, got {image.dtype}")
+            f'encoding {visible(encoding)} needs uint{8 * spec.depth} data, got {image.dtype}')
     height, width = image.shape[:2]
     _check_size(width, height, encoding)
     order = image.dtype.byteorder

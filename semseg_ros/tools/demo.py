@@ -24,11 +24,26 @@ from semseg_ros.core import settings
 from semseg_ros.io.image import image_to_array
 from sensor_msgs.msg import Image
 
+# Fast DDS 2.x (Jazzy) reads the first name, 3.x (Kilted) the second.
+DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+
 
 def default_params_file():
     """Return the installed config/semseg.yaml (ament index, then this prefix) or the source's."""
     found = settings.find_params_file()
     return found or str(settings.params_file_candidates()[-1] / 'config' / 'semseg.yaml')
+
+
+def default_dds_profile():
+    """Return the Fast DDS profile the environment names, else the installed fastdds_shm.xml."""
+    for name in DDS_PROFILE_VARS:
+        if os.environ.get(name):
+            return os.environ[name]
+    for folder in settings.params_file_candidates():
+        path = folder / 'config' / 'fastdds_shm.xml'
+        if path.is_file():
+            return str(path)
+    return ''
 
 
 class OverlayRecorder(Node):
@@ -106,6 +121,11 @@ def parse_args(argv):
                         help='node parameter file (default: the installed config/semseg.yaml)')
     parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
                         help='extra node parameter, as in --ros-args -p')
+    parser.add_argument('--dds-profile', default=default_dds_profile(),
+                        help='Fast DDS profile for the camera, the node and the viewer '
+                             '(default: the one the environment names, else the installed '
+                             'config/fastdds_shm.xml, complete frames with every output; '
+                             '"none": Fast DDS defaults)')
     parser.add_argument('--startup-timeout', type=float, default=120.0,
                         help='seconds to wait for the node to load its model')
     return parser.parse_args(argv)
@@ -126,6 +146,12 @@ def main(argv=None):
                   '-p', f'count:={args.frames}', '-p', 'exit_when_done:=true',
                   '-p', 'loop:=true', '-p', 'reliability:=reliable',
                   '-p', 'wait_for_subscribers:=1']
+    if args.dds_profile and args.dds_profile != 'none':
+        # Before rclpy.init: the viewer's participant reads it too, the children inherit it.
+        os.environ.update({name: args.dds_profile for name in DDS_PROFILE_VARS})
+    elif args.dds_profile == 'none':
+        for name in DDS_PROFILE_VARS:
+            os.environ.pop(name, None)
     rclpy.init()
     viewer = OverlayRecorder('segmentation/overlay', args.output)
     seg = subprocess.Popen(node_cmd, env=os.environ.copy())
