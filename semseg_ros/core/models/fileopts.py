@@ -16,11 +16,11 @@ and the model carries one warning that says so (``model.warnings``).
 """
 
 from semseg_ros.core.models.base import ModelError, Preprocess
-from semseg_ros.core.models.card import OUTPUT_KINDS, PREPROCESS_KEYS, preprocess_from_dict
+from semseg_ros.core.models.card import OUTPUT_KINDS, preprocess_from_dict, PREPROCESS_KEYS
 import torch
 
-FILE_OPTIONS = dict({k: None for k in PREPROCESS_KEYS}, output_kind='auto', num_classes=0)
-DEFAULTS_TEXT = ("channel_order rgb, mean [0, 0, 0], std [1, 1, 1], scale 1/255 (x / 255), "
+FILE_OPTIONS = dict(dict.fromkeys(PREPROCESS_KEYS), output_kind='auto', num_classes=0)
+DEFAULTS_TEXT = ('channel_order rgb, mean [0, 0, 0], std [1, 1, 1], scale 1/255 (x / 255), '
                  "each frame's own size")
 
 

@@ -220,7 +220,7 @@ def yolo_instance_head(outputs, meta_map):
     output and (N, 32, h, w) mask prototypes: no per-pixel class scores at all.
     """
     if str(meta_map.get('task', '')).strip() == 'segment':
-        return f"its Ultralytics metadata says task 'segment'"
+        return "its Ultralytics metadata says task 'segment'"
     shapes = [(o.name, static_dims(o.shape) if o.shape else ()) for o in outputs]
     dets = [(n, d) for n, d in shapes if len(d) == 3]
     protos = [(n, d) for n, d in shapes if len(d) == 4 and d[1] == 32]
