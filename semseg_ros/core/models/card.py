@@ -297,7 +297,8 @@ def find_card(weights_path) -> Optional[Path]:
     Return the card of a model path, or None.
 
     A directory: ``dir/model.yaml``. A card file itself: that file. Any other file: the
-    ``.yaml`` with the same stem beside it, when that is a card.
+    ``.yaml`` with the same stem beside it, when that is a card, else the ``model.yaml``
+    beside it when that card names this file.
     """
     if not weights_path:
         return None
@@ -308,7 +309,19 @@ def find_card(weights_path) -> Optional[Path]:
     if path.suffix in ('.yaml', '.yml'):
         return path if is_card_file(path) else None
     candidate = path.with_suffix('.yaml')
-    return candidate if is_card_file(candidate) else None
+    if is_card_file(candidate):
+        return candidate
+    # A file inside a model directory: that directory's card, when it names this file.
+    candidate = path.parent / CARD_FILE
+    if is_card_file(candidate):
+        try:
+            with open(candidate) as f:
+                named = (yaml.safe_load(f) or {}).get('file')
+        except Exception:  # noqa: B902 - an unreadable card names nothing
+            named = None
+        if named and (path.parent / os.path.expanduser(str(named))).resolve() == path.resolve():
+            return candidate
+    return None
 
 
 def card_model_path(card, card_path):

@@ -19,6 +19,7 @@ Layout:
 import math
 
 from semseg_ros.core.models.base import ModelError, Preprocess, SegmentationModel
+from semseg_ros.core.models.common import load_into
 import torch
 from torch import nn
 from torch.nn import functional
@@ -48,7 +49,9 @@ PREPROCESS = Preprocess(
     # Four stride-2 stages; the decoder adds upsampled features to the encoder's.
     size_divisor=16,
 )
-OPTIONS = ('cache', 'download', 'weights')
+OPTIONS = ('cache', 'download', 'weights', 'classes')
+# Class sets of the published class counts: Cityscapes (19 + background), PASCAL VOC (21).
+CLASS_SETS = {20: 'cityscapes', 21: 'voc'}
 
 
 class ConvBlock(nn.Module):
@@ -310,6 +313,7 @@ class ESPNetv2(SegmentationModel):
     def __init__(self, num_classes=NUM_CLASSES):
         super().__init__()
         self.num_classes = num_classes
+        self.class_set = CLASS_SETS.get(num_classes)
         c1, c2, c3, c4 = ENCODER_CHANNELS
         d1, d2, d3 = DECODER_CHANNELS
         proj = min(num_classes // 2, DECODER_BASE)
@@ -348,11 +352,8 @@ def load_weights(model, state, source='state_dict'):
     if state and all(key.startswith('module.') for key in state):
         # Saved from a DataParallel wrapper.
         state = {key[len('module.'):]: value for key, value in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ModelError(
-            f'{source}: not an ESPNetv2 (s=2.0, 20 classes) state_dict: {err}') from None
+    load_into(model, state, source,
+              f'ESPNetv2 (s=2.0, {model.num_classes} classes: option classes)')
     return model
 
 
@@ -361,13 +362,21 @@ def build(options):
     Build ESPNetv2 with its Cityscapes weights, in eval mode.
 
     Options: ``weights`` (explicit file, '' = the published file), ``cache`` (cache
-    directory, '' or None = default) and ``download`` (allow fetching the published file).
+    directory, '' or None = default), ``download`` (allow fetching the published file) and
+    ``classes`` (class count, default 20: other published weights, e.g. PASCAL VOC with 21,
+    or fine-tuned ones; the published Cityscapes file has 20).
     """
     options = dict(options or {})
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ModelError(
             f'espnetv2: unknown option(s) {", ".join(unknown)}; valid: {", ".join(OPTIONS)}')
+    count = options.get('classes', NUM_CLASSES)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+        raise ModelError(f'espnetv2: option classes must be an integer >= 2, not {count!r}')
+    if count != NUM_CLASSES and not options.get('weights'):
+        raise ModelError(f'espnetv2: the published Cityscapes weights have {NUM_CLASSES} '
+                         f'classes; for classes {count} give your weights in model.weights')
     # Imported here so the architecture itself has no dependency on the weights code.
     from semseg_ros.core import weights
 
@@ -378,5 +387,5 @@ def build(options):
         download=bool(options.get('download', True)),
     )
     state = weights.load_state_dict_file(path)
-    model = load_weights(ESPNetv2(), state, str(path))
+    model = load_weights(ESPNetv2(count), state, str(path))
     return model.eval()

@@ -11,8 +11,9 @@ as ``model.options`` (or by a model card, which the loader turns into the same o
   ``probabilities`` or ``class_ids``;
 - ``num_classes``: the class count (needed for a class-id output without metadata).
 
-A file with no preprocessing metadata and none of these keys runs with Preprocess's defaults,
-and the model carries one warning that says so (``model.warnings``).
+A file with no normalisation in its metadata and none given (channel_order, mean, std, scale)
+runs with Preprocess's defaults, and the model carries one warning that says so
+(``model.warnings``).
 """
 
 from semseg_ros.core.models.base import ModelError, Preprocess
@@ -20,6 +21,8 @@ from semseg_ros.core.models.card import OUTPUT_KINDS, preprocess_from_dict, PREP
 import torch
 
 FILE_OPTIONS = dict(dict.fromkeys(PREPROCESS_KEYS), output_kind='auto', num_classes=0)
+# Keys without which the input's normalisation is a guess (the warning).
+NORMALISATION_KEYS = ('channel_order', 'mean', 'std', 'scale')
 DEFAULTS_TEXT = ('channel_order rgb, mean [0, 0, 0], std [1, 1, 1], scale 1/255 (x / 255), '
                  "each frame's own size")
 
@@ -55,7 +58,7 @@ def resolve_preprocess(meta, options, path, fixed_size=None):
     else:
         source = 'defaults'
     warnings = []
-    if source == 'defaults':
+    if not any(k in merged for k in NORMALISATION_KEYS):
         warnings.append(
             f'{path} carries no preprocessing metadata and none was given (model.options or a '
             f'model card): assuming {DEFAULTS_TEXT}. A model trained with another channel '
