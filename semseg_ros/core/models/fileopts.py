@@ -23,8 +23,7 @@ import torch
 FILE_OPTIONS = dict(dict.fromkeys(PREPROCESS_KEYS), output_kind='auto', num_classes=0)
 # Keys without which the input's normalisation is a guess (the warning).
 NORMALISATION_KEYS = ('channel_order', 'mean', 'std', 'scale')
-DEFAULTS_TEXT = ('channel_order rgb, mean [0, 0, 0], std [1, 1, 1], scale 1/255 (x / 255), '
-                 "each frame's own size")
+DEFAULTS_TEXT = 'channel_order rgb, mean [0, 0, 0], std [1, 1, 1], scale 1/255 (x / 255)'
 
 
 def resolve_preprocess(meta, options, path, fixed_size=None):
@@ -59,10 +58,11 @@ def resolve_preprocess(meta, options, path, fixed_size=None):
         source = 'defaults'
     warnings = []
     if not any(k in merged for k in NORMALISATION_KEYS):
+        size = '%dx%d' % pre.input_size if pre.input_size else 'each frame its own'
         warnings.append(
             f'{path} carries no preprocessing metadata and none was given (model.options or a '
-            f'model card): assuming {DEFAULTS_TEXT}. A model trained with another channel '
-            'order or normalisation then gives wrong labels without any error: give '
+            f'model card): assuming {DEFAULTS_TEXT}, input size {size}. A model trained with '
+            'another channel order or normalisation then gives wrong labels without any error: give '
             'channel_order, mean, std and scale in model.options, or write a card '
             '(semseg-ros-model card FILE --mean ... --std ...; docs/MODELS.md)')
     return pre, source, warnings
