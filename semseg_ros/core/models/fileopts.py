@@ -62,8 +62,8 @@ def resolve_preprocess(meta, options, path, fixed_size=None):
         warnings.append(
             f'{path} carries no preprocessing metadata and none was given (model.options or a '
             f'model card): assuming {DEFAULTS_TEXT}, input size {size}. A model trained with '
-            'another channel order or normalisation then gives wrong labels without any error: give '
-            'channel_order, mean, std and scale in model.options, or write a card '
+            'another channel order or normalisation then gives wrong labels without any '
+            'error: give channel_order, mean, std and scale in model.options, or write a card '
             '(semseg-ros-model card FILE --mean ... --std ...; docs/MODELS.md)')
     return pre, source, warnings
 
