@@ -282,3 +282,31 @@ def test_espnetv2_class_count_option_and_short_errors(tmp_path):
     assert len(text) < 1000 and 'of another shape' in text and '20 classes' in text
     with pytest.raises(ModelError, match='published Cityscapes weights have 20'):
         create_model('espnetv2', classes=21, download=False)
+
+
+def test_engine_checks_class_id_outputs():
+    from semseg_ros.core.engine import EngineError
+    from semseg_ros.core.models.base import ModuleModel
+
+    class Ids(torch.nn.Module):
+        def __init__(self, value, dtype):
+            super().__init__()
+            self.value, self.dtype = value, dtype
+
+        def forward(self, x):
+            return torch.full((x.shape[0], 1) + tuple(x.shape[2:]), self.value, dtype=self.dtype)
+
+    def segment(value, dtype):
+        model = ModuleModel(Ids(value, dtype), 3, Preprocess(), name='ids')
+        model.output_kind = 'class_ids'
+        seg = Segmenter(model, classes.generic(3), device='cpu', warmup=False)
+        return seg.process([Frame(np.zeros((8, 10, 3), np.uint8), 'rgb')])[0]
+
+    out = segment(2, torch.uint8)  # (N, 1, H, W) uint8 is accepted
+    assert set(out) == {'label', 'color', 'overlay', 'drivable'} and (out['label'] == 2).all()
+    with pytest.raises(EngineError, match='class id 3 is outside 0..2'):
+        segment(3, torch.int64)
+    with pytest.raises(EngineError, match='class id -1'):
+        segment(-1, torch.int32)
+    with pytest.raises(EngineError, match='integer'):
+        segment(1, torch.float32)
