@@ -120,3 +120,26 @@ def test_find_card(tmp_path):
     assert find_card(net) == tmp_path / 'net.yaml'
     assert find_card(tmp_path / 'net.yaml') == tmp_path / 'net.yaml'
     assert find_card(tmp_path / 'other.yaml') is None
+
+
+def test_save_helpers_write_a_card(tmp_path):
+    import torch
+    from semseg_ros.core.models import torchscript
+    from semseg_ros.core.models.loader import load_model
+
+    pre = Preprocess('bgr', (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), 0.5, None, 2)
+    net = torch.nn.Conv2d(3, 12, 1)
+    written = torchscript.save(net, str(tmp_path / 'net.ts'), 12, pre, 'camvid', card=True,
+                               provenance={'tool': 'test'})
+    assert written == tmp_path / 'net.yaml'
+    card = read_card(written)
+    assert card.file == 'net.ts' and card.format == 'torchscript' and card.classes == 'camvid'
+    assert card.preprocessing() == pre and card.provenance == {'tool': 'test'}
+    model = load_model('auto', str(tmp_path / 'net.ts'))
+    assert model.card == card and model.preprocess == pre and model.class_set == 'camvid'
+    # Into a model directory.
+    (tmp_path / 'OUT').mkdir()
+    written = torchscript.save(net, str(tmp_path / 'OUT' / 'model.ts'), 12, pre, card=tmp_path
+                               / 'OUT')
+    assert written == tmp_path / 'OUT' / CARD_FILE and read_card(written).file == 'model.ts'
+    assert load_model('auto', str(tmp_path / 'OUT')).num_classes == 12

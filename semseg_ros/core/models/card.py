@@ -324,6 +324,44 @@ def find_card(weights_path) -> Optional[Path]:
     return None
 
 
+def card_for(path, fmt, num_classes, preprocess, classes=None, output_kind='logits',
+             output_name=None, options=None, provenance=None, card_path=None):
+    """
+    Return (ModelCard, card path) for a saved model file; the card goes beside it by default.
+
+    ``preprocess`` is a Preprocess (or its mapping); ``classes`` a class-set name, path or
+    mapping. The card's ``file`` is relative to the card's folder when possible.
+    """
+    path = Path(os.path.expanduser(str(path)))
+    card_path = Path(card_path) if card_path else path.with_suffix('.yaml')
+    if card_path.is_dir():
+        card_path = card_path / CARD_FILE
+    try:
+        file = str(path.resolve().relative_to(card_path.resolve().parent))
+    except ValueError:
+        file = str(path.resolve())
+    pre = preprocess if isinstance(preprocess, dict) else preprocess_to_dict(preprocess)
+    card = ModelCard(file=file, format=fmt, num_classes=int(num_classes), classes=classes,
+                     preprocess=dict(pre), output={'kind': output_kind, 'name': output_name},
+                     options=dict(options or {}), provenance=dict(provenance or {}))
+    return card, card_path
+
+
+def save_card(card, path, fmt, num_classes, preprocess, class_set=None, provenance=None):
+    """
+    Write the card of a file just saved by one of our save helpers; return its path or None.
+
+    ``card``: falsy = no card, True = beside the file (same stem, .yaml), else the card path
+    (or a model directory).
+    """
+    if not card:
+        return None
+    made, card_path = card_for(path, fmt, num_classes, preprocess, class_set,
+                               provenance=provenance,
+                               card_path=None if card is True else card)
+    return write_card(made, card_path)
+
+
 def card_model_path(card, card_path):
     """Return the absolute path of the model file a card names (relative to the card)."""
     file = Path(os.path.expanduser(card.file))

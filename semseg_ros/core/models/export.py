@@ -22,6 +22,7 @@ CPU with device-free code.
 import os
 
 from semseg_ros.core.models.base import ModelError, Preprocess, SegmentationModel
+from semseg_ros.core.models.card import save_card
 from semseg_ros.core.models.common import dump_metadata, first_output, META_FILE
 from semseg_ros.core.models.common import parse_metadata, run_in_chunks, static_dims
 from semseg_ros.core.models.fileopts import class_count, FILE_OPTIONS, kind_of
@@ -57,13 +58,14 @@ class ExportedModel(SegmentationModel):
 
 
 def save(module, path, num_classes, preprocess=Preprocess(), class_set=None, dynamic=True,
-         example_size=None):
+         example_size=None, card=False, provenance=None):
     """
     Export a module with ``torch.export`` and save it with its semseg_ros metadata.
 
     dynamic: batch, height and width are dynamic; otherwise everything is fixed to one frame
     of ``example_size`` (width, height; default preprocess.input_size, else 64 x 64 rounded
-    up to the size divisor), which then becomes the model's input size.
+    up to the size divisor), which then becomes the model's input size. card: True writes a
+    model card beside the file (a path: there), with ``provenance``; returns its path or None.
     """
     div = max(1, int(preprocess.size_divisor))
     w, h = example_size or preprocess.input_size or (64, 64)
@@ -82,6 +84,7 @@ def save(module, path, num_classes, preprocess=Preprocess(), class_set=None, dyn
     program = torch.export.export(module, (example,), dynamic_shapes=shapes)
     torch.export.save(program, path, extra_files={
         META_FILE: dump_metadata(num_classes, preprocess, class_set)})
+    return save_card(card, path, 'export', num_classes, preprocess, class_set, provenance)
 
 
 def _user_input(program, path):

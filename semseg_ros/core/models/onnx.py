@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 from semseg_ros.core.models.base import ModelError, Preprocess, SegmentationModel
+from semseg_ros.core.models.card import save_card
 from semseg_ros.core.models.common import class_set_for, dump_metadata, parse_metadata
 from semseg_ros.core.models.common import require, run_in_chunks, static_dims
 from semseg_ros.core.models.fileopts import class_count, FILE_OPTIONS, kind_of
@@ -60,13 +61,14 @@ INT_TYPES = {
 
 
 def save(module, path, num_classes, preprocess=Preprocess(), class_set=None, dynamic=True,
-         example_size=None, opset=17):
+         example_size=None, opset=17, card=False, provenance=None):
     """
     Export a module to ONNX (input 'input', output 'logits') with our metadata.
 
     dynamic: batch, height and width are dynamic axes; otherwise the file is fixed to one
     frame of ``example_size`` (width, height; default preprocess.input_size, else 64 x 64
-    rounded up to the size divisor). Needs the ``onnx`` package.
+    rounded up to the size divisor). Needs the ``onnx`` package. card: True writes a model
+    card beside the file (a path: there), with ``provenance``; returns its path or None.
     """
     onnx = require('onnx', 'onnx')
     div = max(1, int(preprocess.size_divisor))
@@ -92,6 +94,7 @@ def save(module, path, num_classes, preprocess=Preprocess(), class_set=None, dyn
     entry.key = META_KEY
     entry.value = dump_metadata(num_classes, preprocess, class_set)
     onnx.save(proto, str(path))
+    return save_card(card, path, 'onnx', num_classes, preprocess, class_set, provenance)
 
 
 def choose_providers(available, device, requested='auto'):

@@ -19,6 +19,7 @@ import os
 from semseg_ros.core.models.base import ModelError
 from semseg_ros.core.models.base import ModuleModel
 from semseg_ros.core.models.base import Preprocess
+from semseg_ros.core.models.card import save_card
 from semseg_ros.core.models.common import parse_metadata
 from semseg_ros.core.models.fileopts import class_count, FILE_OPTIONS, kind_of
 from semseg_ros.core.models.fileopts import num_classes_option, output_kind_option
@@ -31,8 +32,14 @@ META_FILE = 'semseg_ros.yaml'
 DEFAULTS = dict(FILE_OPTIONS, weights='', cache='', download=True)
 
 
-def save(module, path, num_classes, preprocess=Preprocess(), class_set=None):
-    """Script (if needed) and save a module with its semseg_ros metadata."""
+def save(module, path, num_classes, preprocess=Preprocess(), class_set=None, card=False,
+         provenance=None):
+    """
+    Script (if needed) and save a module with its semseg_ros metadata.
+
+    card: True writes a model card beside the file (a path: there); provenance goes in it.
+    A module that cannot be scripted: trace it first (``torch.jit.trace``) and pass that.
+    """
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
     meta = {'num_classes': int(num_classes), 'class_set': class_set,
             'channel_order': preprocess.channel_order, 'mean': list(preprocess.mean),
@@ -40,6 +47,7 @@ def save(module, path, num_classes, preprocess=Preprocess(), class_set=None):
             'input_size': list(preprocess.input_size) if preprocess.input_size else None,
             'size_divisor': preprocess.size_divisor}
     torch.jit.save(scripted, path, _extra_files={META_FILE: yaml.safe_dump(meta)})
+    return save_card(card, path, 'torchscript', num_classes, preprocess, class_set, provenance)
 
 
 def probe(model, preprocess, path):
