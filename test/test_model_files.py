@@ -310,3 +310,25 @@ def test_engine_checks_class_id_outputs():
         segment(-1, torch.int32)
     with pytest.raises(EngineError, match='integer'):
         segment(1, torch.float32)
+
+
+def test_export_archive_without_metadata(tmp_path):
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
+    auto = torch.export.Dim.AUTO
+    shapes = ({0: auto, 2: auto, 3: auto},)
+    example = (torch.zeros(2, 3, 16, 16),)
+    torch.export.save(torch.export.export(net, example, dynamic_shapes=shapes),
+                      str(tmp_path / 'logits.pt2'))
+    torch.export.save(torch.export.export(ArgmaxNet(net), example, dynamic_shapes=shapes),
+                      str(tmp_path / 'ids.pt2'))
+    plain = create_model('auto', weights=str(tmp_path / 'logits.pt2'))
+    assert plain.num_classes == 4 and len(plain.warnings) == 1
+    given = create_model('export', weights=str(tmp_path / 'logits.pt2'), **OPTIONS)
+    assert given.warnings == () and given.preprocess == PRE
+    ids = create_model('export', weights=str(tmp_path / 'ids.pt2'), num_classes=4, **OPTIONS)
+    assert ids.output_kind == 'class_ids' and ids.num_classes == 4
+    from semseg_ros.core.models.base import ModuleModel
+    reference = run(ModuleModel(net, 4, PRE), classes.generic(4), 'labels')[1]
+    assert_same(run(given, classes.generic(4), 'labels')[1], reference)
+    assert_same(run(ids, classes.generic(4))[1], reference, ('label',))
