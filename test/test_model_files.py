@@ -332,3 +332,36 @@ def test_export_archive_without_metadata(tmp_path):
     reference = run(ModuleModel(net, 4, PRE), classes.generic(4), 'labels')[1]
     assert_same(run(given, classes.generic(4), 'labels')[1], reference)
     assert_same(run(ids, classes.generic(4))[1], reference, ('label',))
+
+
+def test_real_espnet_exported_elsewhere(espnet_weights, camvid_val, tmp_path):
+    """The published ESPNet as a plain ONNX file: wrong and warned alone, exact with a card."""
+    import cv2
+    from semseg_ros.core.metrics import ConfusionMatrix
+
+    builtin = create_model('espnet', weights=str(espnet_weights))
+    path = tmp_path / 'espnet.onnx'
+    with torch.no_grad():
+        torch.onnx.export(builtin.eval(), (torch.zeros(1, 3, 360, 480),), str(path),
+                          dynamo=False)
+    names = sorted(p.name for p in (camvid_val / 'images').iterdir())[:3]
+    images = [Frame(cv2.imread(str(camvid_val / 'images' / n)), 'bgr') for n in names]
+    truths = [cv2.imread(str(camvid_val / 'labels' / n), cv2.IMREAD_UNCHANGED) for n in names]
+
+    def score(model):
+        seg = Segmenter(model, CAMVID, device='cpu', warmup=False)
+        labels = [r['label'] for r in seg.process(images, ('label',))]
+        matrix = ConfusionMatrix(11, ignore_index=11)
+        for label, truth in zip(labels, truths):
+            matrix.update(label.astype(np.int64), truth.astype(np.int64))
+        return seg, labels, matrix.pixel_accuracy()
+
+    seg, _, alone = score(create_model('onnx', weights=str(path)))
+    assert alone < 0.2 and len(seg.warnings) == 1
+    write_card(ModelCard(file='espnet.onnx', format='onnx', num_classes=12, classes='camvid',
+                         preprocess=preprocess_to_dict(CAMVID_PREPROCESS)),
+               tmp_path / 'espnet.yaml')
+    seg, labels, carded = score(load_model('auto', str(path)))
+    _, want, reference = score(builtin)
+    assert seg.warnings == [] and carded == reference > 0.9
+    assert all(np.array_equal(a, b) for a, b in zip(labels, want))
