@@ -280,6 +280,12 @@ def test_espnetv2_class_count_option_and_short_errors(tmp_path):
         create_model('espnetv2', weights=str(tmp_path / 'voc.pth'))
     text = str(err.value)
     assert len(text) < 1000 and 'of another shape' in text and '20 classes' in text
+    # Another width scale: the encoder widths come from the weights.
+    torch.save(ESPNetv2(20, (32, 64, 128, 256)).state_dict(), str(tmp_path / 'narrow.pth'))
+    narrow = create_model('espnetv2', weights=str(tmp_path / 'narrow.pth'))
+    assert narrow.channels == (32, 64, 128, 256)
+    with torch.inference_mode():
+        assert narrow(torch.rand(1, 3, 64, 128)).shape == (1, 20, 64, 128)
     with pytest.raises(ModelError, match='published Cityscapes weights have 20'):
         create_model('espnetv2', classes=21, download=False)
 
