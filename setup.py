@@ -42,6 +42,7 @@ setup(
             'semseg-ros-eval = semseg_ros.tools.evaluate:main',
             'semseg-ros-bag = semseg_ros.tools.bag:main',
             'semseg-ros-replay = semseg_ros.tools.replay:main',
+            'semseg-ros-model = semseg_ros.tools.model:main',
         ],
     },
 )

@@ -365,7 +365,7 @@ class SegmentationNode(LifecycleNode):
         try:
             self.settings = self._read_settings()
             self.segmenter = self._torch.submit(
-                pipeline.build_segmenter, self.settings, log.info).result()
+                pipeline.build_segmenter, self.settings, log.info, log.warning).result()
             self.base_classes = pipeline.load_classes(self.settings, self.segmenter.model)[0]
         except Exception as exc:  # noqa: B902 - any failure must leave the node alive
             self.segmenter = None
@@ -655,7 +655,7 @@ class SegmentationNode(LifecycleNode):
         t2 = time.perf_counter()
         label_encoding = seg.classes.label_encoding
         for (camera, msg, _, wanted), result in zip(jobs, results):
-            for name in wanted:
+            for name in wanted & result.keys():  # confidence: absent for class-id models
                 encoding = OUTPUT_ENCODINGS.get(name, label_encoding)
                 camera.publishers[name].publish(
                     array_to_image(result[name], encoding, msg.header))

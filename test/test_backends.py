@@ -203,15 +203,19 @@ def test_onnx_io_binding_gives_the_same_logits(saved):
     torch.testing.assert_close(second, plain)
 
 
-def test_onnx_rejects_label_outputs(tmp_path):
+def test_onnx_label_outputs_need_a_class_count(tmp_path):
     class Argmax(torch.nn.Module):
         def forward(self, x):
             return x.argmax(dim=1)
 
     path = tmp_path / 'labels.onnx'
     torch.onnx.export(Argmax(), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False)
-    with pytest.raises(ModelError, match='logits'):
+    with pytest.raises(ModelError, match='class ids.*num_classes'):
         create_model('onnx', weights=str(path))
+    with pytest.raises(ModelError, match='class ids.*not logits'):
+        create_model('onnx', weights=str(path), output_kind='logits', num_classes=3)
+    model = create_model('onnx', weights=str(path), num_classes=3)
+    assert model.output_kind == 'class_ids' and model.num_classes == 3
 
 
 def test_onnx_provider_choice():

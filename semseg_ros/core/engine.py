@@ -25,6 +25,9 @@ LABEL_OUTPUTS = frozenset(('label', 'color', 'overlay', 'drivable'))
 COLORS = ('rgb', 'bgr', 'rgba', 'bgra', 'mono')
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 UPSAMPLE_MODES = ('logits', 'labels')
+# What a model's forward returns: logits or probabilities (N, C, h, w), or class ids
+# (N, h, w) / (N, 1, h, w) integers from an argmax inside the model.
+OUTPUT_KINDS = ('logits', 'probabilities', 'class_ids')
 
 Frame = namedtuple('Frame', ['array', 'color'])
 Frame.__doc__ = """An image as an (H, W, C) or (H, W) uint8/uint16 array and its channel order."""
@@ -136,6 +139,21 @@ class Segmenter:
         if upsample not in UPSAMPLE_MODES:
             raise EngineError(f'upsample must be one of {", ".join(UPSAMPLE_MODES)}')
         classes.check_model(model.num_classes, getattr(model, 'name', 'the model'))
+        self.output_kind = getattr(model, 'output_kind', 'logits') or 'logits'
+        if self.output_kind not in OUTPUT_KINDS:
+            raise EngineError(f'model output kind {self.output_kind!r} is not one of '
+                              f'{", ".join(OUTPUT_KINDS)}')
+        name = getattr(model, 'name', 'the model')
+        # Outputs this model cannot give, with the reason; process() leaves them out.
+        self.unavailable = {}
+        if self.output_kind == 'class_ids':
+            self.unavailable['confidence'] = (
+                f'{name} outputs class ids (its argmax is inside the model), from which no '
+                'per-pixel confidence can be computed: the confidence output is not produced '
+                '(export the logits or probabilities to get it)')
+        # Lines the node, the evaluation and the bag tools print at start-up.
+        self.warnings = list(getattr(model, 'warnings', ()) or ()) + list(
+            self.unavailable.values())
         self.device = select_device(device) if isinstance(device, str) else device
         self.precision = precision
         self.dtype = PRECISIONS[precision]
@@ -283,26 +301,51 @@ class Segmenter:
             forward = getattr(self.model, 'logits', self.model)
         with self._autocast():
             logits = forward(batch)
+        if self.output_kind == 'class_ids':
+            return self._class_ids(logits)
         if logits.ndim != 4 or logits.shape[1] != self.model.num_classes:
             raise EngineError(
                 f'model returned shape {tuple(logits.shape)}; expected (N, '
                 f'{self.model.num_classes}, h, w)')
         return logits.float()
 
+    def _class_ids(self, ids):
+        """Check a class-id output and return it as (N, h, w) int64."""
+        if isinstance(ids, torch.Tensor) and ids.ndim == 4 and ids.shape[1] == 1:
+            ids = ids[:, 0]
+        if (not isinstance(ids, torch.Tensor) or ids.ndim != 3 or ids.is_floating_point()
+                or ids.is_complex()):
+            got = (f'{ids.dtype} {tuple(ids.shape)}' if isinstance(ids, torch.Tensor)
+                   else type(ids).__name__)
+            raise EngineError(f'model output class ids must be an integer (N, h, w) tensor; '
+                              f'got {got}')
+        ids = ids.long()
+        if ids.numel():
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.model.num_classes:
+                raise EngineError(f'model output class id {low if low < 0 else high} is '
+                                  f'outside 0..{self.model.num_classes - 1} (its class count)')
+        return ids
+
     def _postprocess(self, logits, valid, image, wanted):
         """Turn one frame's (C, h, w) logits into the wanted outputs at the frame's size."""
-        ph, pw = logits.shape[1:]
+        ph, pw = logits.shape[-2:]
         vh, vw, th, tw = valid
         if (vh, vw) != (th, tw):
             # Drop the padding, at the logits' own resolution (often a fraction of the input).
-            logits = logits[:, :-(-vh * ph // th), :-(-vw * pw // tw)]
+            logits = logits[..., :-(-vh * ph // th), :-(-vw * pw // tw)]
         h, w = image[0].shape[:2]
-        resize = tuple(logits.shape[1:]) != (h, w)
+        resize = tuple(logits.shape[-2:]) != (h, w)
         out = {}
+        if self.output_kind == 'class_ids':
+            return self._render(self._ids_to_size(logits, (h, w)), image, wanted, out)
         top = logits.max(dim=0)  # max().indices is much faster than argmax on the CPU
         if 'confidence' in wanted:
             # At the logits' resolution, then resized like an image.
-            conf = render.max_probability(logits, top.values)
+            if self.output_kind == 'probabilities':
+                conf = top.values.clamp(0.0, 1.0)
+            else:
+                conf = render.max_probability(logits, top.values)
             if resize:
                 conf = F.interpolate(conf[None, None], size=(h, w), mode='bilinear',
                                      align_corners=False)[0, 0]
@@ -313,8 +356,21 @@ class Segmenter:
             elif self.upsample == 'logits':
                 labels = upsample_labels(logits, (h, w), top.indices)
             else:
-                labels = F.interpolate(top.indices[None, None].float(), size=(h, w),
-                                       mode='nearest')[0, 0].long()
+                labels = self._ids_to_size(top.indices, (h, w))
+            self._render(labels, image, wanted, out)
+        return out
+
+    @staticmethod
+    def _ids_to_size(ids, size):
+        """Return (h, w) class ids resized to size with nearest neighbours."""
+        if tuple(ids.shape) == tuple(size):
+            return ids
+        return F.interpolate(ids[None, None].float(), size=tuple(size),
+                             mode='nearest')[0, 0].long()
+
+    def _render(self, labels, image, wanted, out):
+        """Add the label, color, overlay and drivable outputs of a label map to ``out``."""
+        if wanted & LABEL_OUTPUTS:
             if 'label' in wanted:
                 dtype = torch.uint8 if self.label_dtype == np.uint8 else torch.int32
                 out['label'] = labels.to(dtype)
@@ -345,12 +401,15 @@ class Segmenter:
         Segment frames; return one dict per frame of numpy arrays for the outputs asked for.
 
         label: (H, W) uint8 (uint16 past 256 classes); color and overlay: (H, W, 3) uint8 RGB;
-        drivable: (H, W) uint8 0/255; confidence: (H, W) uint8 max softmax x 255.
+        drivable: (H, W) uint8 0/255; confidence: (H, W) uint8 max softmax x 255 (the max
+        probability for a model that outputs probabilities). Outputs in ``self.unavailable``
+        (confidence of a model that outputs class ids) are left out of the dicts.
         """
         wanted = set(outputs)
         unknown = wanted - set(OUTPUTS)
         if unknown:
             raise EngineError(f'unknown outputs {sorted(unknown)}; valid: {OUTPUTS}')
+        wanted -= set(self.unavailable)  # reported once in self.warnings, never faked
         if not frames or not wanted:
             return [{} for _ in frames]
         with self._lock, torch.inference_mode():

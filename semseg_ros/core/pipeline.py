@@ -7,23 +7,21 @@ gives the same model, class set, drivable classes and engine options in both.
 
 from semseg_ros.core import classes as class_sets
 from semseg_ros.core.engine import Segmenter
-from semseg_ros.core.models import create_model
+from semseg_ros.core.models.loader import DOWNLOAD_BACKENDS, load_model, PICKLE_BACKENDS
 
-# Backends that download published weights (the 'download' option).
-DOWNLOAD_BACKENDS = ('espnet', 'espnetv2', 'torchvision', 'huggingface')
-# Backends that can load pickled model files (the 'allow_pickle' option).
-PICKLE_BACKENDS = ('ultralytics',)
+__all__ = ['DOWNLOAD_BACKENDS', 'PICKLE_BACKENDS', 'build_model', 'build_segmenter',
+           'describe', 'load_classes']
 
 
 def build_model(settings):
-    """Create the model named by settings.backend with its weights and model.options."""
-    options = dict(settings.options)
-    options['weights'] = settings.weights
-    if settings.backend in DOWNLOAD_BACKENDS:
-        options['download'] = settings.download
-    if settings.backend in PICKLE_BACKENDS:
-        options['allow_pickle'] = settings.allow_pickle
-    return create_model(settings.backend, **options)
+    """
+    Create the model of settings.backend (or auto) with its weights and model.options.
+
+    A model card found beside model.weights (or in its directory) is applied
+    (semseg_ros.core.models.loader).
+    """
+    return load_model(settings.backend, settings.weights, settings.options,
+                      download=settings.download, allow_pickle=settings.allow_pickle)
 
 
 def load_classes(settings, model):
@@ -52,14 +50,20 @@ def describe(segmenter, settings):
     classes = segmenter.classes
     drivable = [classes.names[i] for i in classes.drivable] or ['none']
     name = getattr(segmenter.model, 'name', 'model')
-    return (f'model {settings.backend} ({name}) on {segmenter.device} {settings.precision}, '
+    backend = getattr(segmenter.model, 'backend', None) or settings.backend
+    if settings.backend == 'auto':
+        backend = f'auto -> {backend}'
+    return (f'model {backend} ({name}) on {segmenter.device} {settings.precision}, '
             f'input {size}, {len(classes)} classes from {classes.source}, drivable: '
             + ', '.join(drivable))
 
 
-def build_segmenter(settings, log=None):
+def build_segmenter(settings, log=None, warn=None):
     """
     Build the model, class set and Segmenter of settings; log(line) gets a summary line.
+
+    warn(line) gets each of the segmenter's warnings (assumed preprocessing, outputs the
+    model cannot give); they also stay in ``segmenter.warnings``.
 
     Errors propagate (ModelError, ClassSetError, EngineError, OSError): the caller decides
     whether they are fatal.
@@ -73,4 +77,7 @@ def build_segmenter(settings, log=None):
         warmup=settings.warmup, compiled=settings.compiled, max_batch=settings.max_batch)
     if log is not None:
         log(describe(segmenter, settings))
+    if warn is not None:
+        for line in segmenter.warnings:
+            warn(line)
     return segmenter

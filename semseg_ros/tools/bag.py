@@ -435,7 +435,8 @@ def run(args, log=print):
     try:
         images = select_sources(reader, args.topics)
         try:
-            segmenter = pipeline.build_segmenter(settings, log=log)
+            segmenter = pipeline.build_segmenter(
+                settings, log=log, warn=lambda text: log(f'WARNING: {text}'))
         except Exception as exc:  # noqa: B902 - any model set-up failure is fatal here
             raise BagError(f'cannot set up the model (backend {settings.backend!r}): '
                            f'{type(exc).__name__}: {exc}') from None

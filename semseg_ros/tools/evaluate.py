@@ -8,8 +8,9 @@ prediction for a few frames, and the figures as JSON.
     semseg-ros-eval DATASET [--params config/semseg.yaml] [-p name:=value ...]
 
 DATASET holds images/ and labels/ with the same file names (labels: 8- or 16-bit class ids of
-the dataset's class set). A model trained on other classes is scored through --map, a YAML
-{model class name: dataset class name} (unmapped classes count as wrong).
+the dataset's class set: --classes, or DATASET/classes.yaml; without either the model's class
+set is assumed, with a warning). A model trained on other classes is scored through --map, a
+YAML {model class name: dataset class name} (unmapped classes count as wrong).
 """
 
 import argparse
@@ -93,6 +94,42 @@ def class_map(model_classes, data_classes, path, ignore_id):
     return lut
 
 
+def _warn(text):
+    print(f'WARNING: {text}', file=sys.stderr)
+
+
+def dataset_classes(args, model_classes, warn=_warn):
+    """
+    Return the class set of the labels: --classes, else DATASET/classes.yaml, else the model's.
+
+    Taking the model's class set for the labels is an assumption: it is said in a warning.
+    A labels' class set whose names differ from the model's, scored without --map, is said
+    too (ids of one set would be scored as the other's).
+    """
+    source = args.classes
+    if not source and (Path(args.dataset) / 'classes.yaml').is_file():
+        source = str(Path(args.dataset) / 'classes.yaml')
+    if not source:
+        warn(f"the labels' class set is not given (--classes, or classes.yaml in the dataset "
+             f"folder): they are scored as ids of the model's class set {model_classes.name!r} "
+             f'({len(model_classes)} classes: {", ".join(model_classes.names[:6])}'
+             f'{", ..." if len(model_classes) > 6 else ""}); if the labels use another class '
+             'set the figures are meaningless: give --classes (and --map for a model trained '
+             'on other classes)')
+        return model_classes
+    data = class_sets.load(source)
+    if args.map is None and len(data) == len(model_classes):
+        differ = [(m, d) for m, d in zip(model_classes.names, data.names)
+                  if m.strip().lower() != d.strip().lower()]
+        if differ:
+            pairs = ', '.join(f'{m} vs {d}' for m, d in differ[:4])
+            warn(f"the model's class set {model_classes.name!r} and the labels' "
+                 f'{data.name!r} name {len(differ)} of their {len(data)} classes differently '
+                 f'({pairs}{", ..." if len(differ) > 4 else ""}): ids are scored as equal; '
+                 'give --map if they are different classes')
+    return data
+
+
 def confusion_picture(matrix, names, cell=28):
     """Render a row-normalised confusion matrix with class names as a BGR image."""
     counts = matrix.astype(np.float64)
@@ -156,9 +193,9 @@ def evaluate(args):
         values.update(cfg.params_file_values(args.params))
     values.update(parse_overrides(args.param))
     settings = cfg.from_values(values)
-    segmenter = pipeline.build_segmenter(settings, print)
+    segmenter = pipeline.build_segmenter(settings, print, warn=_warn)
     model_classes = segmenter.classes
-    data_classes = class_sets.load(args.classes) if args.classes else model_classes
+    data_classes = dataset_classes(args, model_classes)
     ignore_id = data_classes.ignore_id if args.ignore_id is None else args.ignore_id
     lut = class_map(model_classes, data_classes, args.map, ignore_id)
     scored = [i for i in range(len(data_classes)) if i != ignore_id]
@@ -228,7 +265,8 @@ def parse_args(argv):
                         help='parameter override, as with --ros-args -p')
     parser.add_argument('--images', help='image folder (default DATASET/images)')
     parser.add_argument('--labels', help='label folder (default DATASET/labels)')
-    parser.add_argument('--classes', help="the dataset's class set (default: the model's)")
+    parser.add_argument('--classes', help="the labels' class set (default: DATASET/"
+                        "classes.yaml, else the model's, with a warning)")
     parser.add_argument('--ignore-id', type=int, help='label id to ignore (default: the '
                         "class set's ignore_id)")
     parser.add_argument('--map', help='YAML {model class: dataset class} for other class sets')

@@ -54,6 +54,11 @@ class SegmentationModel(torch.nn.Module):
     class_set: Optional[str] = None
     classes = None  # a ClassSet the model carries (its own class names), if any
     name: str = 'model'
+    # What forward returns: 'logits' or 'probabilities' (N, C, h, w), or 'class_ids'
+    # (N, h, w) integers from an argmax inside the model.
+    output_kind: str = 'logits'
+    # Lines to show the user at start-up (e.g. preprocessing defaults that were assumed).
+    warnings: tuple = ()
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Return logits of shape (N, num_classes, h, w)."""
@@ -81,10 +86,12 @@ class ModuleModel(SegmentationModel):
         self.name = name
 
     def forward(self, batch):
-        """Run the wrapped module; accept dict outputs with an 'out' entry (torchvision)."""
+        """Run the wrapped module; accept dict outputs ('out' entry) and tuples (the first)."""
         out = self.module(batch)
         if isinstance(out, dict):
-            out = out['out']
+            out = out['out'] if 'out' in out else next(iter(out.values()))
+        if isinstance(out, (tuple, list)):
+            out = out[0]
         return out
 
 

@@ -215,13 +215,20 @@ def build(options):
     Build the CamVid ESPNet (p=2, q=8) with its published weights.
 
     Options: ``weights`` (local file, '' = cache or download), ``cache`` (directory, None =
-    the default cache) and ``download`` (bool: allow fetching the published file).
+    the default cache), ``download`` (bool: allow fetching the published file) and
+    ``classes`` (class count, default 12 = CamVid with void; other counts need their weights).
     """
     opts = check_options('espnet', options,
-                         {'weights': '', 'cache': None, 'download': True})
+                         {'weights': '', 'cache': None, 'download': True, 'classes': 12})
+    count = opts['classes']
+    if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+        raise ModelError(f'espnet: option classes must be an integer >= 2, not {count!r}')
+    if count != 12 and not opts['weights']:
+        raise ModelError('espnet: the published CamVid weights have 12 classes; for classes '
+                         f'{count} give your weights in model.weights')
     path = wts.resolve(wts.ESPNET_CAMVID, path=opts['weights'] or '', cache=opts['cache'],
                        download=bool(opts['download']))
-    model = ESPNet()
+    model = ESPNet(classes=count, class_set='camvid' if count == 12 else None)
     state = wts.load_state_dict_file(path)
     # BatchNorm step counters are absent from the published file and do not matter here.
     counters = {k: v for k, v in model.state_dict().items() if k.endswith('num_batches_tracked')}
@@ -232,7 +239,8 @@ def build(options):
     reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k])
     if missing or unexpected or reshaped:
         raise ModelError(
-            f'{path} is not an ESPNet p=2 q=8 CamVid state dict: {len(missing)} missing '
+            f'{path} is not an ESPNet p=2 q=8 state dict with {count} classes (option '
+            f'classes): {len(missing)} missing '
             f'{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, '
             f'{len(reshaped)} of another shape {reshaped[:3]}')
     model.load_state_dict({**counters, **state}, strict=True)

@@ -19,6 +19,7 @@ Layout:
 import math
 
 from semseg_ros.core.models.base import ModelError, Preprocess, SegmentationModel
+from semseg_ros.core.models.common import load_into
 import torch
 from torch import nn
 from torch.nn import functional
@@ -48,7 +49,9 @@ PREPROCESS = Preprocess(
     # Four stride-2 stages; the decoder adds upsampled features to the encoder's.
     size_divisor=16,
 )
-OPTIONS = ('cache', 'download', 'weights')
+OPTIONS = ('cache', 'download', 'weights', 'classes')
+# Class sets of the published class counts: Cityscapes (19 + background), PASCAL VOC (21).
+CLASS_SETS = {20: 'cityscapes', 21: 'voc'}
 
 
 class ConvBlock(nn.Module):
@@ -199,9 +202,9 @@ class DownSampler(nn.Module):
 class Encoder(nn.Module):
     """ESPNetv2 backbone without its classification head (output stride 16)."""
 
-    def __init__(self):
+    def __init__(self, channels=ENCODER_CHANNELS):
         super().__init__()
-        c1, c2, c3, c4 = ENCODER_CHANNELS
+        c1, c2, c3, c4 = channels
         self.level1 = ConvBlock(3, c1, 3, stride=2)
         self.level2_0 = DownSampler(c1, c2, MAX_KERNEL[0])
         self.level3_0 = DownSampler(c2, c3, MAX_KERNEL[1])
@@ -307,13 +310,15 @@ class ESPNetv2(SegmentationModel):
     class_set = 'cityscapes'
     name = 'espnetv2'
 
-    def __init__(self, num_classes=NUM_CLASSES):
+    def __init__(self, num_classes=NUM_CLASSES, channels=ENCODER_CHANNELS):
         super().__init__()
         self.num_classes = num_classes
-        c1, c2, c3, c4 = ENCODER_CHANNELS
+        self.class_set = CLASS_SETS.get(num_classes)
+        self.channels = tuple(channels)
+        c1, c2, c3, c4 = channels
         d1, d2, d3 = DECODER_CHANNELS
         proj = min(num_classes // 2, DECODER_BASE)
-        self.base_net = Encoder()
+        self.base_net = Encoder(channels)
         self.bu_dec_l1 = PyramidPool(c4, proj, d1)
         self.bu_dec_l2 = PyramidPool(d1, proj, d2)
         self.bu_dec_l3 = PyramidPool(d2, proj, d3)
@@ -341,18 +346,39 @@ class ESPNetv2(SegmentationModel):
         return self.bu_dec_l4(y)
 
 
+# State-dict entries whose first dimension is the width of encoder levels 1..4.
+WIDTH_KEYS = ('base_net.level1.conv.weight', 'base_net.level2_0.act.weight',
+              'base_net.level3_0.act.weight', 'base_net.level4_0.act.weight')
+
+
+def widths_of(state):
+    """
+    Return the encoder widths (levels 1..4) a state dict was trained with.
+
+    The published ESPNetv2 models differ in the width scale s (0.5 .. 2.0), which sets these
+    four widths; the rest of the network follows from them. Defaults (s = 2.0) for entries a
+    state dict lacks (its load then fails with the missing keys).
+    """
+    state = _strip_parallel(state)
+    return tuple(int(state[k].shape[0]) if k in state and state[k].ndim else d
+                 for k, d in zip(WIDTH_KEYS, ENCODER_CHANNELS))
+
+
+def _strip_parallel(state):
+    if state and all(key.startswith('module.') for key in state):
+        # Saved from a DataParallel wrapper.
+        return {key[len('module.'):]: value for key, value in state.items()}
+    return state
+
+
 def load_weights(model, state, source='state_dict'):
     """Load ``state`` into ``model`` strictly; raise ModelError naming ``source`` on mismatch."""
     if not isinstance(state, dict):
         raise ModelError(f'{source}: expected a state_dict, got {type(state).__name__}')
-    if state and all(key.startswith('module.') for key in state):
-        # Saved from a DataParallel wrapper.
-        state = {key[len('module.'):]: value for key, value in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ModelError(
-            f'{source}: not an ESPNetv2 (s=2.0, 20 classes) state_dict: {err}') from None
+    state = _strip_parallel(state)
+    load_into(model, state, source,
+              f'ESPNetv2 (encoder widths {list(model.channels)}, {model.num_classes} classes: '
+              'option classes)')
     return model
 
 
@@ -361,13 +387,22 @@ def build(options):
     Build ESPNetv2 with its Cityscapes weights, in eval mode.
 
     Options: ``weights`` (explicit file, '' = the published file), ``cache`` (cache
-    directory, '' or None = default) and ``download`` (allow fetching the published file).
+    directory, '' or None = default), ``download`` (allow fetching the published file) and
+    ``classes`` (class count, default 20: other published weights, e.g. PASCAL VOC with 21,
+    or fine-tuned ones; the published Cityscapes file has 20). The encoder widths (the width
+    scale s of the published models) are read from the weights.
     """
     options = dict(options or {})
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ModelError(
             f'espnetv2: unknown option(s) {", ".join(unknown)}; valid: {", ".join(OPTIONS)}')
+    count = options.get('classes', NUM_CLASSES)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+        raise ModelError(f'espnetv2: option classes must be an integer >= 2, not {count!r}')
+    if count != NUM_CLASSES and not options.get('weights'):
+        raise ModelError(f'espnetv2: the published Cityscapes weights have {NUM_CLASSES} '
+                         f'classes; for classes {count} give your weights in model.weights')
     # Imported here so the architecture itself has no dependency on the weights code.
     from semseg_ros.core import weights
 
@@ -378,5 +413,11 @@ def build(options):
         download=bool(options.get('download', True)),
     )
     state = weights.load_state_dict_file(path)
-    model = load_weights(ESPNetv2(), state, str(path))
+    channels = widths_of(state)
+    try:
+        model = ESPNetv2(count, channels)
+    except ValueError as exc:
+        raise ModelError(f'{path}: encoder widths {list(channels)} do not make an ESPNetv2: '
+                         f'{exc}') from None
+    model = load_weights(model, state, str(path))
     return model.eval()

@@ -5,7 +5,9 @@ Metadata: ``torch.export.save`` takes extra files, so ``save`` below stores ours
 archive as ``semseg_ros.yaml`` (the keys of the TorchScript backend: num_classes, class_set,
 channel_order, mean, std, scale, input_size, size_divisor). Archives without it work too:
 the class count comes from the program's output shape (or one probe run) and the defaults of
-Preprocess apply (RGB, x / 255).
+Preprocess apply (RGB, x / 255), with a warning on the model. The preprocessing keys, the
+output kind and the class count can be given as options (see ``fileopts``), overriding the
+file; an integer (N, h, w) output is taken as class ids.
 
 Shapes: a program exported with a static height and width runs only at that size, which then
 becomes the model's input size; one exported with a static batch size is fed in chunks of
@@ -20,12 +22,16 @@ CPU with device-free code.
 import os
 
 from semseg_ros.core.models.base import ModelError, Preprocess, SegmentationModel
+from semseg_ros.core.models.card import save_card
 from semseg_ros.core.models.common import dump_metadata, first_output, META_FILE
 from semseg_ros.core.models.common import parse_metadata, run_in_chunks, static_dims
+from semseg_ros.core.models.fileopts import class_count, FILE_OPTIONS, kind_of
+from semseg_ros.core.models.fileopts import num_classes_option, output_kind_option
+from semseg_ros.core.models.fileopts import resolve_preprocess
 from semseg_ros.core.models.registry import check_options
 import torch
 
-DEFAULTS = {'weights': '', 'download': True}
+DEFAULTS = dict(FILE_OPTIONS, weights='', download=True)
 
 
 class ExportedModel(SegmentationModel):
@@ -52,13 +58,14 @@ class ExportedModel(SegmentationModel):
 
 
 def save(module, path, num_classes, preprocess=Preprocess(), class_set=None, dynamic=True,
-         example_size=None):
+         example_size=None, card=False, provenance=None):
     """
     Export a module with ``torch.export`` and save it with its semseg_ros metadata.
 
     dynamic: batch, height and width are dynamic; otherwise everything is fixed to one frame
     of ``example_size`` (width, height; default preprocess.input_size, else 64 x 64 rounded
-    up to the size divisor), which then becomes the model's input size.
+    up to the size divisor), which then becomes the model's input size. card: True writes a
+    model card beside the file (a path: there), with ``provenance``; returns its path or None.
     """
     div = max(1, int(preprocess.size_divisor))
     w, h = example_size or preprocess.input_size or (64, 64)
@@ -77,6 +84,7 @@ def save(module, path, num_classes, preprocess=Preprocess(), class_set=None, dyn
     program = torch.export.export(module, (example,), dynamic_shapes=shapes)
     torch.export.save(program, path, extra_files={
         META_FILE: dump_metadata(num_classes, preprocess, class_set)})
+    return save_card(card, path, 'export', num_classes, preprocess, class_set, provenance)
 
 
 def _user_input(program, path):
@@ -101,10 +109,13 @@ def build(options):
     """
     Load a ``.pt2`` archive given by options['weights'].
 
-    Options: ``weights`` (the file; required). ``download`` is accepted and ignored (a user
-    file is never downloaded).
+    Options: ``weights`` (the file; required), the preprocessing keys, ``output_kind`` and
+    ``num_classes`` (see ``fileopts``). ``download`` is accepted and ignored (a user file is
+    never downloaded).
     """
     opts = check_options('export', options, DEFAULTS)
+    requested = output_kind_option(opts, 'export')
+    wanted_classes = num_classes_option(opts, 'export')
     path = os.path.expanduser(str(opts['weights'] or ''))
     if not path:
         raise ModelError('export backend: parameter model.weights must name the .pt2 file '
@@ -117,36 +128,44 @@ def build(options):
     except Exception as exc:  # noqa: B902 - torch raises many types for bad archives
         raise ModelError(f'{path}: not a loadable torch.export archive: '
                          f'{type(exc).__name__}: {str(exc)[:300]}') from None
-    meta, preprocess = parse_metadata(extra.get(META_FILE) or '', path)
+    meta, _ = parse_metadata(extra.get(META_FILE) or '', path)
     in_shape = _shape(_user_input(program, path))
     if in_shape is not None and len(in_shape) != 4:
         raise ModelError(f'{path}: the program input has shape {in_shape}; expected (N, 3, H, W)')
     dims = static_dims(in_shape) if in_shape else (None,) * 4
     if dims[1] not in (None, 3):
         raise ModelError(f'{path}: the program takes {dims[1]} channels; expected 3')
-    if dims[2] and dims[3] and preprocess.input_size != (dims[3], dims[2]):
-        preprocess = Preprocess(preprocess.channel_order, preprocess.mean, preprocess.std,
-                                preprocess.scale, (dims[3], dims[2]), preprocess.size_divisor)
+    fixed = (dims[3], dims[2]) if dims[2] and dims[3] else None
+    preprocess, source, warnings = resolve_preprocess(meta, opts, path, fixed)
     module = program.module()
     model = ExportedModel(module, 1, preprocess, meta.get('class_set'),
                           os.path.splitext(os.path.basename(path))[0], dims[0])
-    num_classes = meta.get('num_classes') or _output_classes(program)
-    if not num_classes:
-        num_classes = _probe(model, dims, preprocess, path)
-    model.num_classes = int(num_classes)
+    dtype, shape = _output(program)
+    shape = static_dims(shape) if shape else None
+    kind = kind_of(dtype, shape, requested if requested != 'auto' else meta.get('output_kind'),
+                   path)
+    channels = None
+    if kind != 'class_ids':
+        channels = shape[1] if shape else None
+        if not channels and not meta.get('num_classes') and not wanted_classes:
+            channels = _probe(model, dims, preprocess, path)
+    model.num_classes = class_count(kind, channels, wanted_classes, meta.get('num_classes'),
+                                    path)
+    model.output_kind = kind
+    model.preprocess_source = source
+    model.warnings = tuple(warnings)
     return model
 
 
-def _output_classes(program):
-    """Return the class count from the program's output shape, or None when it is dynamic."""
+def _output(program):
+    """Return (dtype, shape) of the program's first output (None, None when unknown)."""
     for node in program.graph.nodes:
         if node.op == 'output':
             outs = node.args[0]
             first = outs[0] if isinstance(outs, (tuple, list)) and outs else outs
-            shape = _shape(first) if hasattr(first, 'meta') else None
-            if shape and len(shape) == 4:
-                return static_dims(shape)[1]
-    return None
+            value = first.meta.get('val') if hasattr(first, 'meta') else None
+            return getattr(value, 'dtype', None), _shape(first) if value is not None else None
+    return None, None
 
 
 def _probe(model, dims, preprocess, path):

@@ -45,7 +45,19 @@ def check_options(backend, options, defaults):
 
 
 def create_model(backend, **options):
-    """Build the model of ``backend`` with its options (see each backend's ``build``)."""
+    """
+    Build the model of ``backend`` with its options (see each backend's ``build``).
+
+    ``auto`` infers the backend from options['weights'] and applies a model card found for
+    it (see ``loader.load_model``).
+    """
+    if backend == 'auto':
+        from semseg_ros.core.models.loader import load_model
+
+        options = dict(options)
+        return load_model('auto', options.pop('weights', ''), options,
+                          download=options.pop('download', True),
+                          allow_pickle=options.pop('allow_pickle', False))
     target = _BACKENDS.get(backend)
     if target is None:
         raise ModelError(

@@ -1,5 +1,10 @@
 """
-Ultralytics backend: YOLO instance-segmentation models (YOLOv8-seg, YOLO11-seg, YOLO26-seg).
+Ultralytics backend: YOLO semantic (YOLO26 -sem) and instance-segmentation models.
+
+Semantic models (task ``semantic``, e.g. ``yolo26n-sem``, Cityscapes-trained) give class
+logits at 1/8 of the input; they are used as they are (the engine upsamples them), with the
+model's own class names. Instance models (YOLOv8-seg, YOLO11-seg, YOLO26-seg) are handled as
+follows.
 
 The detections of one forward pass (boxes, class scores, mask coefficients and prototypes)
 are decoded here on the device: score threshold ``conf``, class-wise NMS (``iou``) unless the
@@ -75,6 +80,30 @@ def crop_to_boxes(masks, boxes):
     return masks * inside
 
 
+class YoloSemanticModel(SegmentationModel):
+    """A YOLO semantic-segmentation network: class logits at 1/8 of the input."""
+
+    def __init__(self, net, nc, preprocess, class_set=None, classes=None, name='yolo'):
+        super().__init__()
+        self.net = net
+        self.nc = int(nc)
+        # A one-class model gives one score map (class where > 0): background + the class.
+        self.num_classes = max(2, self.nc)
+        self.preprocess = preprocess
+        self.class_set = class_set
+        self.classes = classes
+        self.name = name
+
+    def forward(self, batch):
+        """Return (N, num_classes, h, w) logits at the head's resolution."""
+        out = self.net(batch)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if self.nc == 1:
+            out = torch.cat([torch.zeros_like(out), out], dim=1)
+        return out
+
+
 class YoloSegModel(SegmentationModel):
     """A YOLO segmentation network whose instances are merged into semantic logits."""
 
@@ -136,10 +165,11 @@ def _class_sets(names):
 
 def build(options):
     """
-    Load a YOLO segmentation model.
+    Load a YOLO semantic or instance segmentation model.
 
     Options: ``weights`` (.pt file or model .yaml; required), ``conf`` (score threshold,
-    0.25), ``iou`` (NMS overlap, 0.7), ``max_det`` (instances per frame, 100), ``imgsz``
+    0.25), ``iou`` (NMS overlap, 0.7), ``max_det`` (instances per frame, 100) (these three
+    for instance models), ``imgsz``
     (square input size the model runs at; 0 = the frame's own size, padded to the stride).
     ``download`` is accepted and ignored: nothing is downloaded. A ``.pt`` file is a Python
     pickle that can run code when loaded: it is refused unless ``allow_pickle`` is true
@@ -168,9 +198,10 @@ def build(options):
     except Exception as exc:  # noqa: B902 - ultralytics raises many types for bad files
         raise ModelError(f'{path}: ultralytics cannot load the model: '
                          f'{type(exc).__name__}: {str(exc)[:300]}') from None
-    if yolo.task != 'segment' or not hasattr(yolo.model.model[-1], 'proto'):
+    semantic = yolo.task == 'semantic'
+    if not semantic and (yolo.task != 'segment' or not hasattr(yolo.model.model[-1], 'proto')):
         raise ModelError(f'{path} is a YOLO {yolo.task} model; the ultralytics backend needs '
-                         'a segmentation (-seg) model')
+                         'a semantic (-sem) or instance-segmentation (-seg) model')
     net = yolo.model.float().eval()
     try:
         net = net.fuse(verbose=False)
@@ -183,11 +214,17 @@ def build(options):
         names = [raw.get(i, str(i)) for i in range(nc)]
     else:
         names = list(raw) + [str(i) for i in range(len(raw), nc)]
-    class_set, classes = _class_sets(names)
+    if semantic:
+        labelled = list(names) if nc > 1 else ['background'] + list(names)
+        class_set, classes = class_set_for(labelled, 'yolo', 'ultralytics model names')
+    else:
+        class_set, classes = _class_sets(names)
     stride = int(max(getattr(net, 'stride', torch.tensor([32.0])).tolist()))
     size = int(opts['imgsz'])
     preprocess = Preprocess('rgb', (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0 / 255.0,
                             (size, size) if size > 0 else None, stride)
     name = os.path.splitext(os.path.basename(path))[0]
+    if semantic:
+        return YoloSemanticModel(net, nc, preprocess, class_set, classes, name)
     return YoloSegModel(net, nc, preprocess, opts['conf'], opts['iou'], opts['max_det'],
                         class_set, classes, name)
