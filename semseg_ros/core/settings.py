@@ -52,7 +52,7 @@ PARAMETERS = (
     Spec('model.backend', 'espnet', 'Model backend: espnet (CamVid), espnetv2 (Cityscapes), '
          'torchscript, export (.pt2), onnx, torchvision, huggingface, smp, ultralytics, or '
          'auto (inferred from model.weights and its model card). See docs/MODELS.md.',
-          change='swap'),
+         change='swap'),
     Spec('model.weights', '', 'Weights or model file. Empty: the published weights of the '
          'built-in model, from the cache directory (SEMSEG_ROS_CACHE) or downloaded once.',
          change='swap'),
