@@ -5,8 +5,8 @@ A managed (lifecycle) node. With `autostart` (the default) it configures and act
 at start-up; with `autostart: false` it waits for a lifecycle manager:
 
 - configure: read and validate the parameters, load the model and class set, create the
-  publishers. Any error leaves the node unconfigured with the reason in the log and in
-  diagnostics; fix the parameter and configure again.
+  publishers. Any error leaves the node unconfigured with the reason (and what to do) in the
+  log and in diagnostics; once fixed, configure again.
 - activate: subscribe to the cameras and start the worker. With `lazy_input` (the default) a
   camera's input is subscribed only while one of its outputs has a subscriber (checked every
   0.2 s), so a node nobody listens to costs next to nothing.
@@ -34,12 +34,15 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.exceptions import ParameterException
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
+from rclpy.task import Future
 from semseg_ros.core import ground
 from semseg_ros.core import memory
 from semseg_ros.core import pipeline
@@ -281,6 +284,8 @@ class SegmentationNode(LifecycleNode):
         # slow inference down by a third (measured with benchmarks/e2e_bench.py).
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix='semseg_torch')
         self._closed = False
+        self.finished = Future()  # done after the shutdown transition: main() returns
+        self.add_pre_set_parameters_callback(self._coerce_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
@@ -332,8 +337,9 @@ class SegmentationNode(LifecycleNode):
         except Exception as exc:  # noqa: B902 - any failure must leave the node alive
             self.segmenter = None
             self.error = f'configure failed: {exc}'
-            log.error(f'{self.error}. The node stays unconfigured: fix the parameter and '
-                      'configure again (or restart).')
+            log.error(f'{self.error}. The node stays unconfigured; once that is fixed, '
+                      f'configure it again (ros2 lifecycle set {self.get_fully_qualified_name()}'
+                      ' configure) or restart it.')
             return TransitionCallbackReturn.FAILURE
         self.cameras = [Camera(self, name, self.settings) for name in self.settings.cameras]
         if self.settings.grid is not None:
@@ -388,8 +394,10 @@ class SegmentationNode(LifecycleNode):
         return super().on_cleanup(state)
 
     def on_shutdown(self, state):
-        """Stop everything."""
+        """Stop everything; main() then ends the process (the finalized state is final)."""
         self._release()
+        if not self.finished.done():
+            self.finished.set_result(True)
         return super().on_shutdown(state)
 
     def on_error(self, state):
@@ -450,6 +458,10 @@ class SegmentationNode(LifecycleNode):
                     camera.pending = None
 
     # Parameters.
+    def _coerce_parameters(self, params):
+        """Store an integer given for a double parameter (overlay_alpha 1) as a double."""
+        return [coerce_parameter(p) for p in params]
+
     def _on_set_parameters(self, params):
         changes = {p.name: p.value for p in params}
         configured = self.segmenter is not None
@@ -458,7 +470,9 @@ class SegmentationNode(LifecycleNode):
                 spec = cfg.SPECS.get(name)
                 if spec is None:
                     continue
-                if spec.change == 'configure' and configured:
+                if spec.change == 'configure' and configured and not self._unchanged(
+                        name, value):
+                    # A reload of the node's own values (ros2 param load of a dump) passes.
                     return SetParametersResult(
                         successful=False,
                         reason=f'{name} takes effect on configure: deactivate and clean up the '
@@ -480,6 +494,13 @@ class SegmentationNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=str(exc))
         self.settings = new
         return SetParametersResult(successful=True)
+
+    def _unchanged(self, name, value):
+        """Return True when value equals the parameter's current value (after checking)."""
+        try:
+            return cfg.check(name, value) == cfg.check(name, self.get_parameter(name).value)
+        except Exception:  # noqa: B902 - an invalid value is a change; check() reports it
+            return False
 
     # Frames.
     def offer(self, camera, msg):
@@ -669,6 +690,23 @@ class SegmentationNode(LifecycleNode):
         return super().destroy_node()
 
 
+def coerce_parameter(param):
+    """Return param, with an integer value of a double parameter turned into a double."""
+    spec = cfg.SPECS.get(param.name) or cfg.SPECS.get(pose_spec_name(param.name))
+    if (spec is not None and spec.value_type is float
+            and param.type_ == Parameter.Type.INTEGER):
+        return Parameter(param.name, Parameter.Type.DOUBLE, float(param.value))
+    return param
+
+
+def pose_spec_name(name):
+    """Return camera_pose.<field> for a per-camera camera_pose.<camera>.<field>, else ''."""
+    parts = name.split('.')
+    if len(parts) == 3 and parts[0] == 'camera_pose' and parts[2] in cfg.POSE_FIELDS:
+        return f'camera_pose.{parts[2]}'
+    return ''
+
+
 def check_command_line(argv):
     """
     Check the -p name:=value overrides of our parameters; return the error messages.
@@ -696,8 +734,11 @@ def main(args=None):
     rclpy.init(args=args)
     node = SegmentationNode(startup_errors=check_command_line(
         sys.argv if args is None else args))
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        # Until Ctrl-C, or the lifecycle shutdown transition (its reply is sent first).
+        executor.spin_until_future_complete(node.finished)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:
