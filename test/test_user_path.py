@@ -169,7 +169,7 @@ def test_make_venv_installs_the_clone(user):
     for name in ('semseg_node', 'camera_source', 'semseg-ros-make-bag', 'semseg-ros-eval'):
         assert (user.venv / 'bin' / name).is_file(), name
     assert (user.venv / 'lib' / 'semseg_ros' / 'semseg_node').exists()
-    code, out, _ = user.run('.venv/bin/python -c "import semseg_ros; print(semseg_ros.__file__)"')
+    code, out, _ = user.run('.venv/bin/python -I -c "import semseg_ros; print(semseg_ros.__file__)"')
     assert code == 0 and out.strip().startswith(str(user.venv)), out
     # A linked .venv, and later eval_output/ and demo_output/, are ignored: nothing to redo.
     code, out, _ = user.run('make -q venv && git check-ignore -q .venv eval_output demo_output'
