@@ -170,7 +170,7 @@ def test_make_venv_installs_the_clone(user):
         assert (user.venv / 'bin' / name).is_file(), name
     assert (user.venv / 'lib' / 'semseg_ros' / 'semseg_node').exists()
     code, out, _ = user.run('.venv/bin/python -I -c "import semseg_ros; print(semseg_ros.__file__)"')
-    assert code == 0 and out.strip().startswith(str(user.venv)), out
+    assert code == 0 and Path(out.strip()).resolve().is_relative_to(user.venv.resolve()), out
     # A linked .venv, and later eval_output/ and demo_output/, are ignored: nothing to redo.
     code, out, _ = user.run('make -q venv && git check-ignore -q .venv eval_output demo_output'
                             ' && test -z "$(git status --porcelain)"')
