@@ -172,9 +172,9 @@ def test_make_venv_installs_the_clone(user):
     code, out, _ = user.run('.venv/bin/python -I -c "import semseg_ros; print(semseg_ros.__file__)"')
     assert code == 0 and Path(out.strip()).resolve().is_relative_to(user.venv.resolve()), out
     # A linked .venv, and later eval_output/ and demo_output/, are ignored: nothing to redo.
-    code, out, _ = user.run('make -q venv && git check-ignore -q .venv eval_output demo_output'
+    code, out, _ = user.run('make -q venv && git check-ignore .venv eval_output/ demo_output/'
                             ' && test -z "$(git status --porcelain)"')
-    assert code == 0, out
+    assert code == 0 and out.split() == ['.venv', 'eval_output/', 'demo_output/'], out
 
 
 def test_demo_without_weights_fails_fast_and_says_what_to_do(user, tmp_path):
