@@ -114,20 +114,39 @@ class User:
         return done.returncode, done.stdout, time.monotonic() - start
 
 
+def overlay_venv(venv):
+    """
+    Make a fresh venv of this interpreter that uses the running venv's packages.
+
+    Its own prefix (where `make venv` installs the clone), with the running venv's
+    site-packages on its path (a .pth file read first), the ROS wheels' shared libraries
+    (<prefix>/lib/*.so, site-packages/ros_*.libs) linked in, and the running venv's .pth hooks
+    (the ROS wheels' bootstrapper sets LD_LIBRARY_PATH from the prefix).
+    """
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True,
+                   timeout=120)
+    version = f'python{sys.version_info.major}.{sys.version_info.minor}'
+    running_lib = Path(sys.prefix) / 'lib'
+    running_site = Path(sysconfig.get_paths()['purelib'])
+    site = venv / 'lib' / version / 'site-packages'
+    (site / '00_running_venv.pth').write_text(''.join(
+        f'{p}\n' for p in sorted({str(running_site), sysconfig.get_paths()['platlib']})))
+    for entry in running_lib.iterdir():
+        if entry.name not in (version, 'semseg_ros') and not (venv / 'lib' / entry.name).exists():
+            (venv / 'lib' / entry.name).symlink_to(entry)
+    for entry in running_site.iterdir():
+        if entry.suffix == '.pth' or (entry.name.startswith('ros_') and entry.suffix == '.libs'):
+            (site / entry.name).symlink_to(entry)
+
+
 @pytest.fixture(scope='module')
 def user(tmp_path_factory):
     base = tmp_path_factory.mktemp('user_path')
     user = User(base)
     subprocess.run(['git', 'clone', '--quiet', str(ROOT), str(user.clone)], check=True,
                    timeout=120, env={'PATH': user.env['PATH'], 'HOME': str(user.home)})
-    # A fresh venv of this interpreter that also sees the running venv's packages.
     venv = base / 'venv'
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True,
-                   timeout=120, env=user.env)
-    site = venv / 'lib' / f'python{sys.version_info.major}.{sys.version_info.minor}' / \
-        'site-packages'
-    running = {sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib']}
-    (site / 'running_venv.pth').write_text(''.join(f'{p}\n' for p in sorted(running)))
+    overlay_venv(venv)
     (user.clone / '.venv').symlink_to(venv, target_is_directory=True)
     user.venv = venv
     yield user
