@@ -216,7 +216,7 @@ def test_demo_without_weights_fails_fast_and_says_what_to_do(user, tmp_path):
 def test_make_bag_and_a_corrupted_download_is_refused(user, video, tmp_path):
     code, out, _ = user.run(tool('semseg-ros-make-bag'))
     assert code == 0, out
-    assert 'semseg-ros-make-bag: 20 frames (480x360) at 10 Hz, 2.0 s -> drive/ (sqlite3): ' \
+    assert 'semseg-ros-make-bag: 20 frames (480x360) at 10 Hz, 2.0 s -> drive (sqlite3): ' \
         '/camera/image_raw, /camera/camera_info' in out, out
     corrupt = tmp_path / 'corrupt'
     corrupt.mkdir()
