@@ -319,7 +319,10 @@ def test_make_demo_with_published_weights(user, published_weights):
                         r'latency p50 \d+ ms, p95 \d+ ms; overlays in demo_output/', out)
     assert code == 0 and summary, out
     received = int(summary.group(1))
-    assert received >= 10, out
+    assert received >= 1, out
+    # Frames are lost only when the node is slower than the camera (a loaded machine); the
+    # demo then says so plainly.
+    assert ('most frames were lost' in out) == (received < 50), out
     assert len(list((user.clone / 'demo_output').glob('overlay_*.png'))) == received
     # Outputs of the tools and the demo leave the installed package alone.
     code, out, _ = user.run('make -q venv && test -z "$(git status --porcelain --untracked-files=no)"')
