@@ -1,8 +1,10 @@
 """Installed data lookup without an ament index, camera_info names, demo summaries."""
 
 import importlib.util
+import os
 from pathlib import Path
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -106,3 +108,42 @@ def test_demo_camera_command_has_no_empty_override():
     assert not any(a.startswith('source:=') for a in camera)
     _, camera = demo.commands(demo.parse_args(['--source', 'drive.mp4']))
     assert 'source:=drive.mp4' in camera
+
+
+def make_dry_run(tmp_path, *args, path_first=None):
+    """Return the commands `make -n` would run for a venv in tmp_path (nothing is run)."""
+    env = {'PATH': os.pathsep.join(([str(path_first)] if path_first else [])
+                                   + ['/usr/local/bin', '/usr/bin', '/bin']),
+           'HOME': str(tmp_path)}
+    done = subprocess.run(['make', '-n', '-B', 'venv', f'VENV={tmp_path / "venv"}', *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def fake_python(folder, name, works):
+    """Write an executable `name` that succeeds (a Python) or fails (a dead pyenv shim)."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text('#!/bin/sh\nexit 0\n' if works else '#!/bin/sh\nexit 127\n')
+    path.chmod(0o755)
+
+
+def test_make_venv_upgrades_pip_before_the_requirements(tmp_path):
+    lines = make_dry_run(tmp_path, 'PYTHON=python3.12').splitlines()
+    venv = next(i for i, line in enumerate(lines) if 'python3.12 -m venv' in line)
+    pip = next(i for i, line in enumerate(lines) if "'pip>=23.1'" in line)
+    requirements = next(i for i, line in enumerate(lines) if '-r requirements.txt' in line)
+    assert venv < pip < requirements
+
+
+def test_make_takes_python311_or_python312(tmp_path):
+    bin_dir = tmp_path / 'bin'
+    fake_python(bin_dir, 'python3.11', works=False)
+    fake_python(bin_dir, 'python3.12', works=True)
+    assert 'python3.12 -m venv' in make_dry_run(tmp_path, path_first=bin_dir)
+    fake_python(bin_dir, 'python3.11', works=True)
+    assert 'python3.11 -m venv' in make_dry_run(tmp_path, path_first=bin_dir)
+    # An explicit choice wins.
+    assert '/opt/py/bin/python3.12 -m venv' in make_dry_run(
+        tmp_path, 'PYTHON=/opt/py/bin/python3.12', path_first=bin_dir)
