@@ -141,6 +141,8 @@ def overlay_venv(venv):
 
 @pytest.fixture(scope='module')
 def user(tmp_path_factory):
+    if not (ROOT / '.git').exists() or shutil.which('make') is None:
+        pytest.skip(f'needs a git checkout to clone ({ROOT}) and make')
     base = tmp_path_factory.mktemp('user_path')
     user = User(base)
     subprocess.run(['git', 'clone', '--quiet', str(ROOT), str(user.clone)], check=True,
@@ -188,7 +190,8 @@ def test_make_venv_installs_the_clone(user):
     for name in ('semseg_node', 'camera_source', 'semseg-ros-make-bag', 'semseg-ros-eval'):
         assert (user.venv / 'bin' / name).is_file(), name
     assert (user.venv / 'lib' / 'semseg_ros' / 'semseg_node').exists()
-    code, out, _ = user.run('.venv/bin/python -I -c "import semseg_ros; print(semseg_ros.__file__)"')
+    code, out, _ = user.run(
+        '.venv/bin/python -I -c "import semseg_ros; print(semseg_ros.__file__)"')
     assert code == 0 and Path(out.strip()).resolve().is_relative_to(user.venv.resolve()), out
     # A linked .venv, and later eval_output/ and demo_output/, are ignored: nothing to redo.
     code, out, _ = user.run('make -q venv && git check-ignore .venv eval_output/ demo_output/'
@@ -325,5 +328,6 @@ def test_make_demo_with_published_weights(user, published_weights):
     assert ('most frames were lost' in out) == (received < 50), out
     assert len(list((user.clone / 'demo_output').glob('overlay_*.png'))) == received
     # Outputs of the tools and the demo leave the installed package alone.
-    code, out, _ = user.run('make -q venv && test -z "$(git status --porcelain --untracked-files=no)"')
+    code, out, _ = user.run(
+        'make -q venv && test -z "$(git status --porcelain --untracked-files=no)"')
     assert code == 0, out
