@@ -111,7 +111,9 @@ class User:
         start = time.monotonic()
         done = subprocess.run(['bash', '-c', line], cwd=self.clone, env=env, timeout=timeout,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        return done.returncode, done.stdout, time.monotonic() - start
+        seconds = time.monotonic() - start
+        print(f'$ {line}    # exit {done.returncode}, {seconds:.1f} s\n{done.stdout}')
+        return done.returncode, done.stdout, seconds
 
 
 def overlay_venv(venv):
