@@ -1,5 +1,6 @@
 """Real weights on real labelled images: ESPNet through the engine on the CamVid val split."""
 
+from conftest import assets_or_skip
 import cv2
 import numpy as np
 import pytest
@@ -79,8 +80,10 @@ class OneForward:
 
 
 @pytest.fixture(scope='module')
-def espnetv2_confusion(espnetv2_weights, camvid_val):
+def espnetv2_confusion():
     """Confusion matrices of ESPNetv2 on the 101 images, per upsample mode, from one pass."""
+    espnetv2_weights = assets_or_skip('models', 'espnetv2_s_2.0_city_1024x512.pth')
+    camvid_val = assets_or_skip('camvid_val')
     city = classes.load('cityscapes')
     model = create_model('espnetv2', weights=str(espnetv2_weights), download=False)
     shared = OneForward(model)
