@@ -1,7 +1,11 @@
 # semseg_ros: set-up, demo and tests in one virtual environment (.venv).
 #   make demo   - build .venv if needed, run the camera -> node -> overlay demo
 #   make test   - build .venv if needed, run the whole test suite
-PYTHON ?= python3.11
+# Python 3.11 or 3.12, whichever runs here (3.11 first: CI's); override with PYTHON=...
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(firstword $(foreach p,python3.11 python3.12,\
+	$(shell $(p) -c 'import sys' >/dev/null 2>&1 && echo $(p))))
+endif
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
@@ -15,19 +19,24 @@ PYTEST_ARGS ?=
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export ROS_LOG_DIR ?= $(abspath $(VENV))/ros_log
 STAMP := $(VENV)/.semseg_ros_installed
-SOURCES := $(wildcard $(shell git ls-files --cached --others --exclude-standard 2>/dev/null | grep -vE '^(test|docs|benchmarks)/'))
+# What the installed package is built from (not the tests, docs or outputs such as eval_output/).
+SOURCES := $(wildcard setup.py setup.cfg package.xml $(shell git ls-files --cached --others \
+	--exclude-standard -- semseg_ros config launch resource 2>/dev/null))
 
 .PHONY: venv demo test lint bench-engine clean
 
 venv: $(STAMP)
 
 $(VENV)/.requirements: requirements.txt requirements-nodeps.txt
+	@test -x $(PY) || test -n "$(PYTHON)" || { echo 'make: needs python3.11 or python3.12' \
+	  '(or PYTHON=/path/to/python3.x)' >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check 'pip>=23.1'
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	touch $@
 
-$(STAMP): $(VENV)/.requirements setup.py setup.cfg package.xml $(SOURCES)
+$(STAMP): $(VENV)/.requirements $(SOURCES)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation .
 	$(PY) -m semseg_ros.tools.install_links
 	touch $@
@@ -45,4 +54,4 @@ bench-engine: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/engine_bench.py --markdown docs/PERFORMANCE.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo_output
+	rm -rf $(VENV) build *.egg-info demo_output eval_output

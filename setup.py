@@ -27,7 +27,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
     ] + tree('launch') + tree('config'),
-    install_requires=['setuptools', 'numpy', 'pyyaml', 'tqdm'],
+    install_requires=['setuptools', 'numpy', 'pyyaml', 'tqdm', 'rosbags'],
     extras_require={'test': ['pytest', 'hypothesis']},
     zip_safe=True,
     maintainer='semseg_ros maintainers',
@@ -43,6 +43,7 @@ setup(
             'semseg-ros-bag = semseg_ros.tools.bag:main',
             'semseg-ros-replay = semseg_ros.tools.replay:main',
             'semseg-ros-model = semseg_ros.tools.model:main',
+            'semseg-ros-make-bag = semseg_ros.tools.make_bag:main',
         ],
     },
 )

@@ -3,6 +3,7 @@
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.actions import IncludeLaunchDescription
+from launch.actions import OpaqueFunction
 from launch.actions import SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -13,14 +14,27 @@ from launch.substitutions import PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+from semseg_ros.core.names import camera_info_topic
+
+
+def camera(context):
+    """Return the camera source action: image and its camera_info on image_topic's level."""
+    image = LaunchConfiguration('image_topic').perform(context)
+    return [Node(
+        package='semseg_ros',
+        executable='camera_source',
+        name='camera_source',
+        namespace=LaunchConfiguration('namespace'),
+        output='screen',
+        parameters=[{'source': ParameterValue(LaunchConfiguration('source'), value_type=str),
+                     'rate': ParameterValue(LaunchConfiguration('rate'), value_type=float),
+                     'loop': True, 'count': 0}],
+        remappings=[('image', image), ('camera_info', camera_info_topic(image))],
+    )]
 
 
 def generate_launch_description():
     """Return the launch description: camera_source -> semseg, in one namespace."""
-    source = LaunchConfiguration('source')
-    rate = LaunchConfiguration('rate')
-    namespace = LaunchConfiguration('namespace')
-    image_topic = LaunchConfiguration('image_topic')
     dds_profile = LaunchConfiguration('dds_profile')
     profile_given = IfCondition(PythonExpression(["'", dds_profile, "' != ''"]))
     return LaunchDescription([
@@ -35,7 +49,8 @@ def generate_launch_description():
             description='Namespace of the camera source and of the segmentation node'),
         DeclareLaunchArgument(
             'image_topic', default_value='image',
-            description='Image topic between the camera source and the node'),
+            description='Image topic between the camera source and the node (camera_info '
+                        'goes on its sibling topic)'),
         DeclareLaunchArgument(
             'dds_profile', default_value=EnvironmentVariable(
                 'FASTRTPS_DEFAULT_PROFILES_FILE', default_value=PathJoinSubstitution(
@@ -49,17 +64,7 @@ def generate_launch_description():
                                condition=profile_given),
         SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', dds_profile,
                                condition=profile_given),
-        Node(
-            package='semseg_ros',
-            executable='camera_source',
-            name='camera_source',
-            namespace=namespace,
-            output='screen',
-            parameters=[{'source': ParameterValue(source, value_type=str),
-                         'rate': ParameterValue(rate, value_type=float),
-                         'loop': True, 'count': 0}],
-            remappings=[('image', image_topic)],
-        ),
+        OpaqueFunction(function=camera),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(PathJoinSubstitution(
                 [FindPackageShare('semseg_ros'), 'launch', 'semseg.launch.py'])),

@@ -5,6 +5,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.actions import OpaqueFunction
 from launch.actions import SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable
@@ -12,6 +13,32 @@ from launch.substitutions import LaunchConfiguration
 from launch.substitutions import PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+from semseg_ros.core.names import camera_info_topic
+
+
+def input_remappings(context):
+    """Return the remappings of image and camera_info (the image topic's sibling by default)."""
+    image = LaunchConfiguration('image_topic').perform(context)
+    info = LaunchConfiguration('camera_info_topic').perform(context)
+    return [('image', image), ('camera_info', info or camera_info_topic(image))]
+
+
+def segmentation_node(context):
+    """Return the node action, its input remapped (camera_info follows image_topic)."""
+    return [Node(
+        package='semseg_ros',
+        executable='semseg_node',
+        name='semseg',
+        namespace=LaunchConfiguration('namespace'),
+        output='screen',
+        respawn=LaunchConfiguration('use_respawn'),
+        respawn_delay=2.0,
+        parameters=[LaunchConfiguration('params_file'),
+                    {'autostart': ParameterValue(LaunchConfiguration('autostart'),
+                                                 value_type=bool)}],
+        remappings=input_remappings(context),
+        arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+    )]
 
 
 def generate_launch_description():
@@ -19,12 +46,6 @@ def generate_launch_description():
     share = get_package_share_directory('semseg_ros')
     default_params = os.path.join(share, 'config', 'semseg.yaml')
     default_profile = os.path.join(share, 'config', 'fastdds_shm.xml')
-    params_file = LaunchConfiguration('params_file')
-    namespace = LaunchConfiguration('namespace')
-    image_topic = LaunchConfiguration('image_topic')
-    autostart = LaunchConfiguration('autostart')
-    use_respawn = LaunchConfiguration('use_respawn')
-    log_level = LaunchConfiguration('log_level')
     dds_profile = LaunchConfiguration('dds_profile')
     profile_given = IfCondition(PythonExpression(["'", dds_profile, "' != ''"]))
     return LaunchDescription([
@@ -39,6 +60,11 @@ def generate_launch_description():
             'image_topic', default_value='image',
             description='Input sensor_msgs/Image topic (remaps the relative topic "image"; '
                         'with several cameras, remap each <camera>/image instead)'),
+        DeclareLaunchArgument(
+            'camera_info_topic', default_value='',
+            description='sensor_msgs/CameraInfo topic (remaps "camera_info"; read with '
+                        'grid.enabled); empty: the sibling of image_topic, as image_transport '
+                        'names it (/cam/image_raw -> /cam/camera_info)'),
         DeclareLaunchArgument(
             'autostart', default_value='true',
             description='Configure and activate the node at start-up; false leaves the '
@@ -62,16 +88,5 @@ def generate_launch_description():
                                condition=profile_given),
         SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', dds_profile,
                                condition=profile_given),
-        Node(
-            package='semseg_ros',
-            executable='semseg_node',
-            name='semseg',
-            namespace=namespace,
-            output='screen',
-            respawn=use_respawn,
-            respawn_delay=2.0,
-            parameters=[params_file, {'autostart': ParameterValue(autostart, value_type=bool)}],
-            remappings=[('image', image_topic)],
-            arguments=['--ros-args', '--log-level', log_level],
-        ),
+        OpaqueFunction(function=segmentation_node),
     ])

@@ -12,6 +12,7 @@ a single helper thread, so those stay serialised among themselves as before.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 
 from rclpy.executors import ConditionReachedException
 from rclpy.executors import Executor
@@ -50,6 +51,10 @@ class FramesInlineExecutor(Executor):
         """Spin once, waking up when the future completes."""
         future.add_done_callback(lambda _: self.wake())
         self.spin_once(timeout_sec)
+
+    def wait_helper(self, timeout_sec=5.0):
+        """Wait (at most timeout_sec) for the callbacks on the helper thread to finish."""
+        wait(list(self._futures), timeout=timeout_sec)
 
     def shutdown(self, timeout_sec=None):
         """Stop executing callbacks; a callback running on the helper thread finishes."""

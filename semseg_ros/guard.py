@@ -219,15 +219,15 @@ class CallbackGuard:
         wrapper._semseg_guarded = True
         return wrapper
 
-    def spin(self, node, executor=None):
-        """Spin `node` until its context shuts down; a raising callback is counted, not fatal."""
+    def spin(self, node, executor=None, until=None):
+        """Spin `node` until its context shuts down (or `until` is done); survive callbacks."""
         from rclpy.executors import ExternalShutdownException
         from rclpy.executors import SingleThreadedExecutor
 
         executor = executor or SingleThreadedExecutor(context=node.context)
         executor.add_node(node)
         try:
-            while node.context.ok():
+            while node.context.ok() and not (until is not None and until.done()):
                 try:
                     executor.spin_once(timeout_sec=0.5)
                 except ExternalShutdownException:

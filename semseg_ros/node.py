@@ -5,8 +5,8 @@ A managed (lifecycle) node. With `autostart` (the default) it configures and act
 at start-up; with `autostart: false` it waits for a lifecycle manager:
 
 - configure: read and validate the parameters, load the model and class set, create the
-  publishers. Any error leaves the node unconfigured with the reason in the log and in
-  diagnostics; fix the parameter and configure again.
+  publishers. Any error leaves the node unconfigured with the reason (and what to do) in the
+  log and in diagnostics; once fixed, configure again.
 - activate: subscribe to the cameras and start the worker. With `lazy_input` (the default) a
   camera's input is subscribed only while one of its outputs has a subscriber (checked every
   0.2 s), so a node nobody listens to costs next to nothing.
@@ -49,6 +49,7 @@ from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
 from semseg_ros import guard
+from rclpy.task import Future
 from semseg_ros.core import ground
 from semseg_ros.core import memory
 from semseg_ros.core import pipeline
@@ -309,6 +310,7 @@ class SegmentationNode(LifecycleNode):
             [s.name for s in cfg.PARAMETERS] + cfg.pose_parameter_names(self.settings.cameras))
             if p.type_ == Parameter.Type.INTEGER and cfg.spec_of(p.name).value_type is float
             and not cfg.spec_of(p.name).read_only])
+        self.finished = Future()  # done after the shutdown transition: main() returns
         # Nothing fatal, nothing silent (semseg_ros/guard.py): transitions and callbacks.
         self.transition_guard = guard.TransitionGuard(
             self.get_logger(), self._report_error, guard.FaultPlan.from_env())
@@ -370,8 +372,9 @@ class SegmentationNode(LifecycleNode):
         except Exception as exc:  # noqa: B902 - any failure must leave the node alive
             self.segmenter = None
             self.error = f'configure failed: {exc}'
-            log.error(f'{self.error}. The node stays unconfigured: fix the parameter and '
-                      'configure again (or restart).')
+            log.error(f'{self.error}. The node stays unconfigured; once that is fixed, '
+                      f'configure it again (ros2 lifecycle set {self.get_fully_qualified_name()}'
+                      ' configure) or restart it.')
             return TransitionCallbackReturn.FAILURE
         self.cameras = [Camera(self, name, self.settings) for name in self.settings.cameras]
         if self.settings.grid is not None:
@@ -434,8 +437,10 @@ class SegmentationNode(LifecycleNode):
 
     @transition('shutdown')
     def on_shutdown(self, state):
-        """Stop everything."""
+        """Stop everything; main() then ends the process (the finalized state is final)."""
         self._release()
+        if not self.finished.done():
+            self.finished.set_result(True)
         return super().on_shutdown(state)
 
     @transition('error')
@@ -519,7 +524,9 @@ class SegmentationNode(LifecycleNode):
                 if spec is None:
                     continue
                 cfg.check(name, value)  # a bad value is named first, whatever the state
-                if spec.change == 'configure' and configured:
+                if spec.change == 'configure' and configured and not self._unchanged(
+                        name, value):
+                    # A reload of the node's own values (ros2 param load of a dump) passes.
                     return SetParametersResult(
                         successful=False,
                         reason=f'{name} takes effect on configure: deactivate and clean up the '
@@ -571,6 +578,13 @@ class SegmentationNode(LifecycleNode):
                 'label_info re-published' if published else
                 'no label_info (vision_msgs is not installed)'))
         return SetParametersResult(successful=True)
+
+    def _unchanged(self, name, value):
+        """Return True when value equals the parameter's current value (after checking)."""
+        try:
+            return cfg.check(name, value) == cfg.check(name, self.get_parameter(name).value)
+        except Exception:  # noqa: B902 - an invalid value is a change; check() reports it
+            return False
 
     # Frames.
     def offer(self, camera, msg):
@@ -823,8 +837,10 @@ def main(args=None):
     # model swap.
     executor = FramesInlineExecutor(node.frames_group)
     try:
-        # survives a failing callback (semseg_ros/guard.py)
-        node.callback_guard.spin(node, executor)
+        # Until Ctrl-C, or the lifecycle shutdown transition; a failing callback is counted,
+        # not fatal (semseg_ros/guard.py).
+        node.callback_guard.spin(node, executor, until=node.finished)
+        executor.wait_helper()  # the shutdown reply is sent before the node goes
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:

@@ -35,6 +35,7 @@ def no_proxy(monkeypatch):
     for var in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy',
                 'ALL_PROXY'):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv('SEMSEG_ROS_WEIGHTS_URL', raising=False)
     weights._verified.clear()
 
 
@@ -210,6 +211,23 @@ def test_download_wrong_sha_leaves_nothing(tmp_path, state_file, server):
     msg = str(err.value)
     assert 'f' * 64 in msg and sha(data) in msg and spec.url in msg
     assert os.listdir(cache) == []
+
+
+def test_weights_url_override(tmp_path, state_file, server, monkeypatch):
+    # A mirror (here a local server) replaces the published location; the hash check stays.
+    _, data = state_file
+    published = closed_port_url('small.pth')
+    spec = WeightsSpec('small.pth', published, sha(data))
+    assert weights.url_of(spec) == published
+    monkeypatch.setenv('SEMSEG_ROS_WEIGHTS_URL', server.url + '/')
+    assert weights.url_of(spec) == f'{server.url}/small.pth'
+    path = resolve(spec, cache=str(tmp_path / 'cache'), progress=False)
+    assert Path(path).read_bytes() == data and server.hits == ['/small.pth']
+    wrong = WeightsSpec('small.pth', published, 'e' * 64)
+    with pytest.raises(WeightsError, match='wrong sha256') as err:
+        resolve(wrong, cache=str(tmp_path / 'other'), progress=False)
+    assert f'{server.url}/small.pth' in str(err.value)
+    assert os.listdir(tmp_path / 'other') == []
 
 
 def test_download_http_error(tmp_path, server):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
 import numpy as np
+from semseg_ros.core import paths
 import yaml
 
 # Largest class count a label image can carry (mono16).
@@ -159,16 +160,9 @@ def from_dict(data, source='<memory>'):
 
 def search_dirs():
     """Return the folders searched for class sets given by name, most specific first."""
-    dirs = []
     extra = os.environ.get('SEMSEG_ROS_CLASSES_PATH', '')
-    dirs += [Path(p) for p in extra.split(os.pathsep) if p]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        dirs.append(Path(get_package_share_directory('semseg_ros')) / 'config' / 'classes')
-    except Exception:  # noqa: B902 - not installed or no ament index: use the source tree
-        pass
-    dirs.append(Path(__file__).resolve().parents[2] / 'config' / 'classes')
-    return dirs
+    dirs = [Path(p) for p in extra.split(os.pathsep) if p]
+    return dirs + [folder / 'config' / 'classes' for folder in paths.share_dirs()]
 
 
 def available():

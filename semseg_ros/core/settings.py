@@ -11,6 +11,7 @@ from pathlib import Path
 import sys
 from typing import Any, Optional, Tuple
 
+from semseg_ros.core import paths
 import yaml
 
 
@@ -412,15 +413,8 @@ def params_file_values(path, node_name='semseg'):
 
 
 def params_file_candidates():
-    """Return the folders that may hold config/semseg.yaml: ament index, sys.prefix, source."""
-    folders = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        folders.append(Path(get_package_share_directory('semseg_ros')))
-    except Exception:  # noqa: B902 - no ament index (AMENT_PREFIX_PATH unset): look further
-        pass
-    source = Path(__file__).resolve().parents[2]
-    return folders + [Path(sys.prefix) / 'share' / 'semseg_ros', source]
+    """Return the folders that may hold config/semseg.yaml: ament index, prefixes, source."""
+    return paths.share_dirs()
 
 
 def find_params_file():

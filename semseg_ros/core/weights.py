@@ -64,6 +64,20 @@ def cache_dir():
     return os.path.abspath(os.path.expanduser(path))
 
 
+def url_of(spec):
+    """
+    Return the URL to download ``spec`` from.
+
+    ``$SEMSEG_ROS_WEIGHTS_URL``, when set, is a base URL (a mirror, or a local server for
+    offline sites and tests) that replaces the published location: the file is fetched from
+    ``<base>/<spec.filename>``. The sha256 check is the same either way.
+    """
+    base = os.environ.get('SEMSEG_ROS_WEIGHTS_URL', '').strip()
+    if not base:
+        return spec.url
+    return base.rstrip('/') + '/' + spec.filename
+
+
 def sha256_of(path):
     """Return the hex sha256 of a file."""
     digest = hashlib.sha256()
@@ -95,7 +109,7 @@ def resolve(spec, path='', cache=None, download=True, progress=True):
     if not download:
         raise WeightsError(
             f'weights {spec.filename} are not in the cache and downloads are disabled; '
-            f'download {spec.url} and place it at {target}')
+            f'download {url_of(spec)} and place it at {target}')
     _download(spec, target, progress)
     return target
 
@@ -112,7 +126,7 @@ def _check_cached(spec, target):
         raise WeightsError(
             f'cached weights {target} have the wrong sha256: expected {spec.sha256.lower()}, '
             f'got {actual}; delete the file to download it again, or replace it with the '
-            f'file from {spec.url}')
+            f'file from {url_of(spec)}')
     with _lock:
         _verified[target] = stamp
 
@@ -120,14 +134,15 @@ def _check_cached(spec, target):
 def _download(spec, target, progress):
     """Download ``spec.url`` to ``target`` through a checked temp file in the same folder."""
     folder = os.path.dirname(target)
-    manual = f'download {spec.url} yourself and place it at {target}'
+    url = url_of(spec)
+    manual = f'download {url} yourself and place it at {target}'
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f'.{spec.filename}.', suffix='.part', dir=folder)
         digest = hashlib.sha256()
         with os.fdopen(fd, 'wb') as out:
-            with urllib.request.urlopen(spec.url, timeout=TIMEOUT_S) as resp:
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
                 size = resp.headers.get('Content-Length')
                 total = int(size) if size and size.isdigit() else None
                 with tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024,
@@ -139,7 +154,7 @@ def _download(spec, target, progress):
         actual = digest.hexdigest()
         if actual != spec.sha256.lower():
             raise WeightsError(
-                f'downloaded {spec.filename} from {spec.url} has the wrong sha256: expected '
+                f'downloaded {spec.filename} from {url} has the wrong sha256: expected '
                 f'{spec.sha256.lower()}, got {actual}; {manual}')
         os.replace(tmp, target)
         tmp = None
@@ -148,7 +163,7 @@ def _download(spec, target, progress):
     except (OSError, ValueError) as err:
         # URLError, HTTPError and timeouts are OSErrors; ValueError covers bad URLs.
         raise WeightsError(
-            f'could not download weights {spec.filename} from {spec.url} ({_reason(err)}); '
+            f'could not download weights {spec.filename} from {url} ({_reason(err)}); '
             f'offline? {manual}') from None
     finally:
         if tmp is not None and os.path.exists(tmp):

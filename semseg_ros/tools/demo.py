@@ -15,6 +15,8 @@ import sys
 import time
 
 import cv2
+from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticStatus
 import numpy as np
 import rclpy
 from rclpy.node import Node
@@ -57,8 +59,16 @@ class OverlayRecorder(Node):
             old.unlink()  # overlays of an earlier run
         self.received = []  # (receive time, stamp) in seconds
         self.sizes = set()
+        self.node_error = ''  # the node's own report of a failed start (its diagnostics)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(Image, topic, self.on_overlay, qos)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 10)
+
+    def on_diagnostics(self, msg):
+        """Note the error of a node that stays unconfigured (model or parameters failed)."""
+        for status in msg.status:
+            if status.name.endswith(': node') and status.level == DiagnosticStatus.ERROR:
+                self.node_error = status.message
 
     def on_overlay(self, msg):
         """Save the overlay as PNG and note its latency from the camera stamp."""
@@ -81,21 +91,35 @@ def summary(recorder, published):
     span = got[-1][0] - got[0][0]
     rate = (len(got) - 1) / span if span > 0 else float('nan')
     sizes = ', '.join(f'{w}x{h}' for w, h in sorted(recorder.sizes))
-    return (f'semseg demo: {len(got)}/{published} frames segmented ({sizes}), '
+    line = (f'semseg demo: {len(got)}/{published} frames segmented ({sizes}), '
             f'{rate:.1f} Hz, latency p50 {np.percentile(latency, 50):.0f} ms, '
             f'p95 {np.percentile(latency, 95):.0f} ms; overlays in {recorder.folder}/')
+    if 2 * len(got) < published:
+        line += (f'\nsemseg demo: most frames were lost ({published - len(got)} of '
+                 f'{published} never came back): the node was too slow for --rate, or started '
+                 'late; try a lower --rate')
+    return line
 
 
-def wait_for_publisher(node, topic, process, timeout):
-    """Spin until topic has a publisher; fail early if process exited."""
+def wait_for_node(viewer, topic, process, timeout):
+    """
+    Spin until the node publishes topic; return '' or why it will not.
+
+    Fails at once when the node process exits or reports in its diagnostics that it stays
+    unconfigured (e.g. weights that cannot be found or downloaded), instead of waiting out
+    the timeout.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if node.count_publishers(topic) > 0:
-            return True
+        if viewer.count_publishers(topic) > 0:
+            return ''
         if process.poll() is not None:
-            return False
-        rclpy.spin_once(node, timeout_sec=0.2)
-    return False
+            return f'the node exited with code {process.returncode} (see its log above)'
+        if viewer.node_error:
+            return viewer.node_error
+        rclpy.spin_once(viewer, timeout_sec=0.2)
+    return (f'the node did not publish {topic} within {timeout:g} s (see its log above; '
+            'a slow first model load? raise --startup-timeout)')
 
 
 def stop(process):
@@ -131,21 +155,28 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def commands(args):
+    """Return the command lines of the node and of the camera source."""
+    node_cmd = [sys.executable, '-m', 'semseg_ros.node', '--ros-args',
+                '--params-file', args.params_file]
+    for param in args.param:
+        node_cmd += ['-p', param]
+    camera_cmd = [sys.executable, '-m', 'semseg_ros.tools.camera_source', '--ros-args']
+    if args.source:  # an empty -p source:= is not a valid override; no source = the pattern
+        camera_cmd += ['-p', f'source:={args.source}']
+    camera_cmd += ['-p', f'rate:={args.rate}', '-p', f'count:={args.frames}',
+                   '-p', 'exit_when_done:=true', '-p', 'loop:=true',
+                   '-p', 'reliability:=reliable', '-p', 'wait_for_subscribers:=1']
+    return node_cmd, camera_cmd
+
+
 def main(argv=None):
     """Run the demo and print the summary; return the exit code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.frames <= 0 or args.rate <= 0:
         print('semseg demo: --frames and --rate must be positive', file=sys.stderr)
         return 2
-    node_cmd = [sys.executable, '-m', 'semseg_ros.node', '--ros-args',
-                '--params-file', args.params_file]
-    for param in args.param:
-        node_cmd += ['-p', param]
-    camera_cmd = [sys.executable, '-m', 'semseg_ros.tools.camera_source', '--ros-args',
-                  '-p', f'source:={args.source}', '-p', f'rate:={args.rate}',
-                  '-p', f'count:={args.frames}', '-p', 'exit_when_done:=true',
-                  '-p', 'loop:=true', '-p', 'reliability:=reliable',
-                  '-p', 'wait_for_subscribers:=1']
+    node_cmd, camera_cmd = commands(args)
     if args.dds_profile and args.dds_profile != 'none':
         # Before rclpy.init: the viewer's participant reads it too, the children inherit it.
         os.environ.update({name: args.dds_profile for name in DDS_PROFILE_VARS})
@@ -159,8 +190,9 @@ def main(argv=None):
     code = 0
     try:
         print(f'semseg demo: starting the node ({args.params_file})', flush=True)
-        if not wait_for_publisher(viewer, 'segmentation/overlay', seg, args.startup_timeout):
-            print('semseg demo: the node did not come up (see its log above)', file=sys.stderr)
+        problem = wait_for_node(viewer, 'segmentation/overlay', seg, args.startup_timeout)
+        if problem:
+            print(f'semseg demo: the node did not start: {problem}', file=sys.stderr)
             return 1
         camera = subprocess.Popen(camera_cmd, env=os.environ.copy())
         print(f'semseg demo: publishing {args.frames} frames at {args.rate:g} Hz from '
@@ -177,7 +209,7 @@ def main(argv=None):
             rclpy.spin_once(viewer, timeout_sec=0.1)
         print(summary(viewer, args.frames), flush=True)
         if not viewer.received:
-            code = 1
+            code = 1  # nothing came back: a failed demo
     finally:
         if camera is not None:
             stop(camera)
