@@ -48,8 +48,8 @@ from rclpy.qos import DurabilityPolicy
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
-from semseg_ros import guard
 from rclpy.task import Future
+from semseg_ros import guard
 from semseg_ros.core import ground
 from semseg_ros.core import memory
 from semseg_ros.core import pipeline

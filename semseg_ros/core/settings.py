@@ -7,8 +7,6 @@ dict or a params YAML without ROS.
 """
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-import sys
 from typing import Any, Optional, Tuple
 
 from semseg_ros.core import paths
