@@ -8,6 +8,7 @@ gives the same model, class set, drivable classes and engine options in both.
 from semseg_ros.core import classes as class_sets
 from semseg_ros.core.engine import Segmenter
 from semseg_ros.core.models import create_model
+from semseg_ros.core.runtimes import Reporter
 
 # Backends that download published weights (the 'download' option).
 DOWNLOAD_BACKENDS = ('espnet', 'espnetv2', 'torchvision', 'huggingface')
@@ -53,13 +54,16 @@ def describe(segmenter, settings):
     drivable = [classes.names[i] for i in classes.drivable] or ['none']
     name = getattr(segmenter.model, 'name', 'model')
     return (f'model {settings.backend} ({name}) on {segmenter.device} {settings.precision}, '
-            f'input {size}, {len(classes)} classes from {classes.source}, drivable: '
-            + ', '.join(drivable))
+            f'runtime {segmenter.runtime.summary()}, input {size}, {len(classes)} classes '
+            f'from {classes.source}, drivable: ' + ', '.join(drivable))
 
 
-def build_segmenter(settings, log=None):
+def build_segmenter(settings, log=None, warn=None):
     """
     Build the model, class set and Segmenter of settings; log(line) gets a summary line.
+
+    The model runs on settings.runtime; log gets its progress lines, warn(line) its warnings
+    (default: Python warnings).
 
     Errors propagate (ModelError, ClassSetError, EngineError, OSError): the caller decides
     whether they are fatal.
@@ -70,7 +74,8 @@ def build_segmenter(settings, log=None):
         model, classes, device=settings.device, precision=settings.precision,
         input_size=settings.input_size, upsample=settings.upsample,
         channels_last=settings.channels_last, overlay_alpha=settings.overlay_alpha,
-        warmup=settings.warmup, compiled=settings.compiled, max_batch=settings.max_batch)
+        warmup=settings.warmup, compiled=settings.compiled, max_batch=settings.max_batch,
+        runtime=settings.runtime, report=Reporter(log, warn))
     if log is not None:
         log(describe(segmenter, settings))
     return segmenter

@@ -58,6 +58,11 @@ PARAMETERS = (
          '(smp), "{conf: 0.4}" (ultralytics), "{providers: [CPUExecutionProvider]}" (onnx).'),
     Spec('model.allow_pickle', False, 'Allow model files that are Python pickles (Ultralytics '
          '.pt): they can run code when loaded. Only for files you trust.'),
+    Spec('model.runtime', 'auto', 'What executes the model: auto (onnxruntime on the CPU where '
+         "the model's ONNX export matches torch, torch on CUDA), torch, onnxruntime, openvino, "
+         'tensorrt (CUDA, onnxruntime-gpu with TensorRT; fp16 with precision fp16). Exports are '
+         'cached in the cache directory. See docs/PERFORMANCE.md.',
+         choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt')),
     Spec('model.input_width', 0, 'Width the model runs at; 0 = the model default (or the '
          'frame width for models without one).', low=0, high=8192),
     Spec('model.input_height', 0, 'Height the model runs at; 0 = the model default (or the '
@@ -168,6 +173,7 @@ class Settings:
     download: bool = True
     options: dict = field(default_factory=dict)
     allow_pickle: bool = False
+    runtime: str = 'auto'
     input_size: Optional[Tuple[int, int]] = None
     upsample: str = 'logits'
     device: str = 'auto'
@@ -269,6 +275,7 @@ def from_values(values):
         download=v['model.download'],
         options=yaml.safe_load(v['model.options']) if v['model.options'].strip() else {},
         allow_pickle=v['model.allow_pickle'],
+        runtime=v['model.runtime'],
         input_size=(width, height) if width else None,
         upsample=v['model.upsample'],
         device=v['device'],
