@@ -327,7 +327,7 @@ class SegmentationNode(LifecycleNode):
         try:
             self.settings = self._read_settings()
             self.segmenter = self._torch.submit(
-                pipeline.build_segmenter, self.settings, log.info).result()
+                pipeline.build_segmenter, self.settings, log.info, log.warning).result()
             self.base_classes = pipeline.load_classes(self.settings, self.segmenter.model)[0]
         except Exception as exc:  # noqa: B902 - any failure must leave the node alive
             self.segmenter = None
@@ -654,6 +654,7 @@ class SegmentationNode(LifecycleNode):
             'last error': stats.last_error,
             'device': str(seg.device) if seg else 'none',
             'model': self.settings.backend,
+            'runtime': seg.runtime.summary() if seg else 'none',
         }
         values.update(work)  # the worker's time, shared by all cameras of the node
         if self.grid is not None:

@@ -124,14 +124,15 @@ class Segmenter:
 
     def __init__(self, model, classes, device='auto', precision='fp32', input_size=None,
                  upsample='logits', channels_last=False, overlay_alpha=0.5, warmup=True,
-                 pinned_memory=True, compiled=False, max_batch=0, runtime='torch', report=None):
+                 pinned_memory=True, compiled=False, max_batch=0, runtime=None, report=None):
         """
         Put the model on the device, check it against the class set and warm it up.
 
         input_size (width, height) overrides the model's own; None keeps it, and a model
         without one runs at each frame's size (padded to its size divisor). runtime: what
-        executes the model (see core/runtimes; its choice and reason end up in
-        ``self.runtime``); report: a runtimes.Reporter for its progress lines and warnings.
+        executes the model (see core/runtimes; None = the model as built); the choice and its
+        reason end up in ``self.runtime``. report: a runtimes.Reporter for its progress lines
+        and warnings.
         """
         if precision not in PRECISIONS:
             raise EngineError(f'precision must be one of {", ".join(PRECISIONS)}, '

@@ -52,7 +52,7 @@ def library_versions():
 
 
 def export_key(digest, entry, shape, opset=OPSET):
-    """Return the cache key (hex) of an export: weights, entry, (height, width), opset, versions."""
+    """Return the cache key (hex): weights, entry, (height, width), opset, versions."""
     fields = {'format': FORMAT, 'weights': digest, 'entry': entry,
               'input': [int(shape[0]), int(shape[1])], 'opset': int(opset),
               **library_versions()}

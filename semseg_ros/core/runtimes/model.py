@@ -86,7 +86,7 @@ class RuntimeModel(SegmentationModel):
             return self._fall_back((entry, height, width), str(exc), torch_run)
 
     def _from_file(self, source_run, shape):
-        """An onnx-backend model: its own file; other runtimes are checked against it."""
+        """Run an onnx-backend model from its own file (other runtimes checked against it)."""
         runner = self.make_runner(self.onnx_file)
         if self.runtime != 'onnxruntime':
             sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
@@ -94,7 +94,7 @@ class RuntimeModel(SegmentationModel):
         return runner
 
     def _from_export(self, entry, torch_run, shape):
-        """A torch model: its ONNX export from the cache, or exported and checked now."""
+        """Run a torch model's ONNX export: from the cache, or exported and checked now."""
         digest = onnx_export.weights_digest(self.source)
         key = onnx_export.export_key(digest, entry, shape)
         folder = self._folder()

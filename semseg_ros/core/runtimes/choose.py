@@ -70,6 +70,7 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
     """
     Return the RuntimeChoice for a model on a device; its ``model`` is what the engine runs.
 
+    runtime: one of RUNTIMES, or None for the model as its backend built it.
     input_size (width, height), when known, is exported and checked now (so a fallback to
     torch shows at start-up); other sizes are exported on first use. cache: the folder of the
     exports (default <cache_dir()>/runtimes). A runtime that is missing or cannot run on the
@@ -79,6 +80,9 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
     device = torch.device(device)
     report = report or Reporter()
     requested = runtime
+    if runtime is None:  # the model as its backend built it (engine default)
+        own = 'onnxruntime' if isinstance(model, OnnxModel) else 'torch'
+        return RuntimeChoice(own, 'none', 'as built', model=model)
     if runtime == 'auto':
         runtime, reason = auto_runtime(model, device, precision, compiled)
         if isinstance(model, OnnxModel) and device.type != 'cpu':
