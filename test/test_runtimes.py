@@ -346,3 +346,26 @@ def test_runtime_threads_follow_torch(cache):
         assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+# CUDA (skipped without a GPU; benchmarks/gpu_check.sh runs these on a GPU machine).
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('runtime, precision', [('auto', 'fp32'), ('torch', 'fp16'),
+                                                ('onnxruntime', 'fp32'), ('tensorrt', 'fp32'),
+                                                ('tensorrt', 'fp16')])
+def test_cuda_runtimes_agree_with_the_cpu(cache, runtime, precision):
+    import onnxruntime as ort
+    needs = {'onnxruntime': 'CUDAExecutionProvider',
+             'tensorrt': 'TensorrtExecutionProvider'}.get(runtime)
+    ref = Segmenter(Tiny(seed=3), class_sets.generic(4), device='cpu', input_size=(96, 64))
+    kwargs = {'device': 'cuda', 'input_size': (96, 64), 'runtime': runtime,
+              'precision': precision}
+    if needs and needs not in ort.get_available_providers():
+        with pytest.raises(RuntimeSetupError, match=needs):
+            Segmenter(Tiny(seed=3), class_sets.generic(4), **kwargs)
+        pytest.skip(f'this onnxruntime has no {needs} (the error says so)')
+    seg = Segmenter(Tiny(seed=3), class_sets.generic(4), **kwargs)
+    assert seg.runtime.runtime == ('torch' if runtime == 'auto' else runtime), seg.runtime
+    batch = frames([(96, 64), (120, 90)], seed=7)
+    for a, b in zip(labels(seg, batch), labels(ref, batch)):
+        assert (a == b).mean() >= (0.99 if precision == 'fp16' else 0.999)
