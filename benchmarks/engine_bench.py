@@ -21,6 +21,7 @@ that cannot run here (package or provider missing) gets a row saying why. No rcl
 """
 
 import argparse
+import copy
 import os
 from pathlib import Path
 import statistics
@@ -154,7 +155,9 @@ def bench_runtimes(name, model, width, height, repeat, device, road, images, out
     for spec in specs:
         start = time.perf_counter()
         try:
-            segs[spec] = Segmenter(model, cls, device=device, input_size=size, **variant(spec))
+            # A copy each: compile and device moves change a model in place.
+            segs[spec] = Segmenter(copy.deepcopy(model), cls, device=device, input_size=size,
+                                   **variant(spec))
         except (RuntimeSetupError, RuntimeError) as exc:
             notes[spec] = f'not run: {exc}'
             print(f'{name} {width}x{height} {spec}: {notes[spec]}', flush=True)
