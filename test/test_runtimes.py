@@ -102,11 +102,25 @@ def test_auto_picks_onnxruntime_on_cpu_and_torch_elsewhere():
 
 def test_auto_without_onnxruntime_runs_torch(monkeypatch):
     monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # import fails
+    monkeypatch.setitem(sys.modules, 'openvino', None)
     runtime, reason = choose.auto_runtime(Tiny(), torch.device('cpu'))
     assert runtime == 'torch' and 'not installed' in reason
 
 
-def test_auto_runs_onnxruntime_with_torch_labels_and_says_so(cache):
+def fixed_race(monkeypatch, timings):
+    """Make auto's race return fixed timings; return the list of raced function names."""
+    calls = []
+
+    def race(functions, sample):
+        calls.append(sorted(functions))
+        return {name: timings[name] for name in functions}
+
+    monkeypatch.setattr(choose, 'race', race)
+    return calls
+
+
+def test_auto_runs_onnxruntime_with_torch_labels_and_says_so(cache, monkeypatch):
+    calls = fixed_race(monkeypatch, {'torch': 2.0, 'onnxruntime': 1.0, 'openvino': 3.0})
     log = Log()
     model = Tiny()
     seg = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(64, 48),
@@ -115,12 +129,43 @@ def test_auto_runs_onnxruntime_with_torch_labels_and_says_so(cache):
     assert seg.runtime.runtime == 'onnxruntime' and ref.runtime.runtime == 'torch'
     assert seg.runtime.threads == torch.get_num_threads()
     summary = seg.runtime.summary()
-    assert summary.startswith('onnxruntime (auto') and '100.00 % equal' in summary
+    assert summary.startswith('onnxruntime (auto: fastest here (onnxruntime 1.0 ms, torch 2.0')
+    assert '100.00 % equal' in summary
+    assert len(calls) == 1 and 'torch' in calls[0] and 'onnxruntime' in calls[0]
     batch = frames([(64, 48), (100, 70)])
     for a, b in zip(labels(seg, batch), labels(ref, batch)):
         assert np.array_equal(a, b)
     assert any('exporting tiny.logits at 64x48' in line for line in log.info)
     assert not log.warnings
+
+
+def test_auto_keeps_torch_where_it_is_fastest_and_races_once(cache, monkeypatch):
+    calls = fixed_race(monkeypatch, {'torch': 1.0, 'onnxruntime': 2.0, 'openvino': 3.0})
+    model = Tiny()
+    choice = prepare(model, 'auto', 'cpu', (64, 48))
+    assert choice.runtime == 'torch' and choice.model is model
+    assert choice.reason.startswith('auto: fastest here (torch 1.0 ms')
+    again = prepare(model, 'auto', 'cpu', (64, 48))
+    assert again.runtime == 'torch' and len(calls) == 1, 'the timings were not kept'
+    record = json.loads(next(cache.glob('*.json')).read_text())
+    (timings,) = record['auto'].values()
+    assert timings['torch'] == 1.0
+
+
+def test_race_times_each_function_alternating():
+    import time
+    order = []
+
+    def slow(batch):
+        order.append('slow')
+        time.sleep(0.004)
+
+    def fast(batch):
+        order.append('fast')
+
+    timings = onnx_export.race({'slow': slow, 'fast': fast}, torch.zeros(1), rounds=2, runs=2)
+    assert timings['slow'] >= 3.0 > timings['fast']
+    assert order == ['slow', 'fast'] + ['slow', 'slow', 'fast', 'fast'] * 2
 
 
 def test_setting_is_validated():
@@ -192,8 +237,9 @@ def test_export_that_differs_from_torch_falls_back_to_torch_with_a_warning(cache
     assert choice.runtime == 'torch' and choice.model is model
     assert 'onnxruntime fell back' in choice.reason
     record = json.loads(next(cache.glob('*.json')).read_text())
-    (figures,) = record['parity'].values()
-    assert figures['agreement'] < onnx_export.PARITY_MIN
+    assert record['parity']  # one entry per runtime auto tried (onnxruntime, openvino)
+    for figures in record['parity'].values():
+        assert figures['agreement'] < onnx_export.PARITY_MIN
     # The failed figure is remembered: the next build falls back without a new check.
     log = Log()
     again = prepare(model, 'onnxruntime', 'cpu', (64, 48), report=log.reporter())

@@ -11,7 +11,9 @@ frame. A runtime is used only where at least ``PARITY_MIN`` of the labels agree.
 import hashlib
 import json
 import os
+import platform
 import re
+import statistics
 import tempfile
 import time
 import warnings
@@ -172,3 +174,35 @@ def parity(reference, candidate, batch):
     return {'agreement': same if finite else 0.0,
             'max_abs_diff': diff.max().item() if finite else float('inf'),
             'seconds': time.perf_counter() - start}
+
+
+def machine_tag(threads, versions):
+    """Return a text naming this machine's CPU, core count, thread budget and versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if 'model name' in line)
+    except (OSError, StopIteration):
+        pass
+    libs = ' '.join(f'{k} {v}' for k, v in sorted(versions.items()))
+    return f'{cpu}, {os.cpu_count()} cores, {int(threads)} threads, {libs}'
+
+
+def race(functions, batch, rounds=2, runs=2):
+    """
+    Time each function on batch, alternating (one warm-up call each first).
+
+    Return {name: median ms}. ``rounds`` x ``runs`` timed calls each; the functions take
+    turns so that a change of the machine's load falls on all of them.
+    """
+    times = {name: [] for name in functions}
+    with torch.inference_mode():
+        for function in functions.values():
+            function(batch)
+        for _ in range(rounds):
+            for name, function in functions.items():
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    function(batch)
+                    times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(values) for name, values in times.items()}

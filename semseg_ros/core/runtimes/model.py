@@ -45,6 +45,7 @@ class RuntimeModel(SegmentationModel):
         self.runners = {}  # (entry, h, w) -> callable
         self.fallbacks = {}  # (entry, h, w) -> why torch runs that shape
         self.parity = {}  # (entry, h, w) -> parity figures of the runtime
+        self.records = {}  # (entry, h, w) -> path of the export's JSON record
 
     def forward(self, batch):
         """Return the logits of ``source.forward``, computed by the runtime."""
@@ -99,6 +100,7 @@ class RuntimeModel(SegmentationModel):
         key = onnx_export.export_key(digest, entry, shape)
         folder = self._folder()
         path, record_path = onnx_export.cache_paths(folder, self.name, entry, shape, key)
+        self.records[(entry,) + shape] = record_path
         record = onnx_export.read_record(record_path)
         sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
         if os.path.isfile(path):
