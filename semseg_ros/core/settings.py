@@ -58,10 +58,11 @@ PARAMETERS = (
          '(smp), "{conf: 0.4}" (ultralytics), "{providers: [CPUExecutionProvider]}" (onnx).'),
     Spec('model.allow_pickle', False, 'Allow model files that are Python pickles (Ultralytics '
          '.pt): they can run code when loaded. Only for files you trust.'),
-    Spec('model.runtime', 'auto', 'What executes the model: auto (onnxruntime on the CPU where '
-         "the model's ONNX export matches torch, torch on CUDA), torch, onnxruntime, openvino, "
-         'tensorrt (CUDA, onnxruntime-gpu with TensorRT; fp16 with precision fp16). Exports are '
-         'cached in the cache directory. See docs/PERFORMANCE.md.',
+    Spec('model.runtime', 'auto', 'What executes the model: auto (CPU: the fastest of torch, '
+         "onnxruntime and openvino timed at start-up, among exports whose labels match torch's; "
+         'CUDA: torch), torch, onnxruntime, openvino, tensorrt (CUDA, onnxruntime-gpu with '
+         'TensorRT; fp16 with precision fp16). Exports are cached in the cache directory. See '
+         'docs/PERFORMANCE.md.',
          choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt')),
     Spec('model.input_width', 0, 'Width the model runs at; 0 = the model default (or the '
          'frame width for models without one).', low=0, high=8192),
