@@ -12,9 +12,17 @@ else a drawn road scene), and 'noise', uniform random pixels, the worst case for
 
     make bench-engine        (or: PYTHONPATH=. .venv/bin/python benchmarks/engine_bench.py
                               [--repeat 15] [--markdown docs/PERFORMANCE.md])
+
+With --runtimes the same rows are timed once per runtime, side by side in one process, the
+runtimes alternating on the same frames, and each row says how many of its labels equal those
+of the first runtime (torch): e.g. --runtimes torch onnxruntime openvino on the CPU, or
+--runtimes torch torch:fp16 torch:compile onnxruntime tensorrt tensorrt:fp16 on CUDA. A runtime
+that cannot run here (package or provider missing) gets a row saying why. No rclpy needed.
 """
 
 import argparse
+import copy
+import os
 from pathlib import Path
 import statistics
 import sys
@@ -32,6 +40,7 @@ from semseg_ros.core.engine import Segmenter
 from semseg_ros.core.models import create_model
 from semseg_ros.core.models.espnet import ESPNet
 from semseg_ros.core.models.espnetv2 import ESPNetv2
+from semseg_ros.core.runtimes import RuntimeSetupError
 import torch
 
 SIZES = ((480, 360), (1280, 720))
@@ -118,6 +127,100 @@ def bench(name, model, width, height, repeat, device, road, images):
     return rows
 
 
+def variant(spec):
+    """Return Segmenter options of a --runtimes entry: runtime[:fp16|bf16|compile]."""
+    runtime, _, extra = spec.partition(':')
+    options = {'runtime': runtime}
+    if extra in ('fp16', 'bf16'):
+        options['precision'] = extra
+    elif extra == 'compile':
+        options['compiled'] = True
+    elif extra:
+        raise SystemExit(f'--runtimes {spec}: expected runtime[:fp16|bf16|compile]')
+    return options
+
+
+def bench_runtimes(name, model, width, height, repeat, device, road, images, outputs, specs):
+    """
+    Time bare forward and engine per runtime, alternating, on the same frames.
+
+    Return rows (model, frame, model input, image, outputs, runtime, bare ms, engine ms,
+    ratio, labels equal to the first runtime, note).
+    """
+    native = name == 'espnet'
+    size = (width, height) if native else None
+    cls = class_sets.load(model.class_set)
+    inputs = frames(width, height, road)
+    segs, notes = {}, {}
+    for spec in specs:
+        start = time.perf_counter()
+        try:
+            # A copy each: compile and device moves change a model in place.
+            segs[spec] = Segmenter(copy.deepcopy(model), cls, device=device, input_size=size,
+                                   **variant(spec))
+        except (RuntimeSetupError, RuntimeError) as exc:
+            notes[spec] = f'not run: {exc}'
+            print(f'{name} {width}x{height} {spec}: {notes[spec]}', flush=True)
+            continue
+        notes[spec] = segs[spec].runtime.summary()
+        print(f'{name} {width}x{height} {spec}: {notes[spec]} (set up in '
+              f'{time.perf_counter() - start:.1f} s)', flush=True)
+    rows = []
+    for image, label in ((i, o) for i in images for o in outputs):
+        frame = inputs[image]
+        wanted = OUTPUT_SETS[label]
+        bare, full, agree = {s: [] for s in segs}, {s: [] for s in segs}, {}
+        reference = None
+        for spec, seg in segs.items():
+            labels = seg.process([frame], ('label',))[0]['label']
+            if reference is None:
+                reference = labels
+            agree[spec] = float((labels == reference).mean())
+        for _ in range(3):  # alternate to share the machine's noise
+            for spec, seg in segs.items():
+                mw, mh = seg.input_size
+                batch = torch.randn(1, 3, mh, mw, device=seg.device)
+
+                def forward(seg=seg, batch=batch):
+                    with torch.inference_mode(), seg._autocast():
+                        seg.model(batch)
+                    if seg.device.type == 'cuda':
+                        torch.cuda.synchronize()
+
+                def engine(seg=seg):
+                    seg.process([frame], wanted)
+
+                bare[spec].append(median_ms(forward, repeat))
+                full[spec].append(median_ms(engine, repeat))
+        for spec in specs:
+            if spec not in segs:
+                rows.append((name, f'{width}x{height}', '', image, label, spec, None, None,
+                             None, None, notes[spec]))
+                continue
+            mw, mh = segs[spec].input_size
+            bare_ms, full_ms = statistics.median(bare[spec]), statistics.median(full[spec])
+            rows.append((name, f'{width}x{height}', f'{mw}x{mh}', image, label, spec, bare_ms,
+                         full_ms, bare_ms / full_ms, agree[spec], notes[spec]))
+    return rows
+
+
+def runtime_table(rows):
+    """Return the markdown table of a --runtimes run."""
+    header = ('model', 'frame', 'model input', 'image', 'outputs', 'runtime',
+              'bare forward (ms)', 'engine (ms)', 'engine / forward', 'labels = first',
+              'runtime chosen')
+
+    def cell(value, form):
+        return '-' if value is None else form.format(value)
+
+    return markdown_table(header, [
+        (name, frame, model_in, image, outputs, spec, cell(bare, '{:.1f}'),
+         cell(full, '{:.1f}'), cell(None if ratio is None else ratio * 100, '{:.0f} %'),
+         cell(None if agree is None else agree * 100, '{:.2f} %'), note.replace('|', '/'))
+        for name, frame, model_in, image, outputs, spec, bare, full, ratio, agree, note
+        in rows])
+
+
 def table(rows):
     """Return the markdown table of the results."""
     header = ('model', 'frame', 'model input', 'image', 'outputs', 'bare forward (ms)',
@@ -137,14 +240,30 @@ def main(argv=None):
     add_cache_argument(parser)
     parser.add_argument('--images', nargs='+', choices=('road', 'noise'),
                         default=['road', 'noise'], help='inputs to time')
-    parser.add_argument('--markdown', help='update the engine_bench section of this file')
+    parser.add_argument('--outputs', nargs='+', choices=tuple(OUTPUT_SETS),
+                        default=list(OUTPUT_SETS), help='output sets to time')
+    parser.add_argument('--sizes', nargs='+', default=[f'{w}x{h}' for w, h in SIZES],
+                        help='frame sizes WIDTHxHEIGHT')
+    parser.add_argument('--runtimes', nargs='+', metavar='RUNTIME[:fp16|bf16|compile]',
+                        help='compare runtimes (torch, onnxruntime, openvino, tensorrt; the '
+                             'first is the label reference) instead of the default table')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='torch threads (the runtimes follow); 0 = torch default')
+    parser.add_argument('--markdown', help='update the engine_bench (or, with --runtimes, '
+                        'engine_runtimes) section of this file')
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [tuple(int(v) for v in text.lower().split('x')) for text in args.sizes]
     rows = []
     weights = {}
     road, source = road_image(args.cache)
+    if args.runtimes:
+        return run_runtimes(args, sizes, road, source)
     for name in args.models:
         model, weights[name] = load(name, args.cache)
-        for width, height in SIZES:
+        for width, height in sizes:
             new = bench(name, model, width, height, args.repeat, args.device, road, args.images)
             rows.extend(new)
             print('\n'.join(table(new).splitlines()[2:]), flush=True)
@@ -156,6 +275,34 @@ def main(argv=None):
     print('\n' + text)
     if args.markdown:
         write_section(args.markdown, 'engine_bench', text)
+    return 0
+
+
+def run_runtimes(args, sizes, road, source):
+    """Run the --runtimes comparison; print (and write) its table."""
+    rows, weights = [], {}
+    for name in args.models:
+        model, weights[name] = load(name, args.cache)
+        for width, height in sizes:
+            new = bench_runtimes(name, model, width, height, args.repeat, args.device, road,
+                                 args.images, args.outputs, args.runtimes)
+            rows.extend(new)
+            print('\n'.join(runtime_table(new).splitlines()[2:]), flush=True)
+    load_avg = ', '.join(f'{v:.2f}' for v in os.getloadavg())
+    try:
+        where = machine(args.device)
+    except RuntimeError as exc:  # no CUDA driver
+        where = f'{machine("cpu")} ({args.device} requested: {str(exc).splitlines()[0]})'
+    text = (f'Command: `python benchmarks/engine_bench.py {" ".join(args.argv)}`. Machine: '
+            f'{where}; load average at the end {load_avg}. Weights: '
+            + ', '.join(f'{k} {v}' for k, v in weights.items())
+            + f'. Road image: {source}. Medians of 3 x {args.repeat} runs; the runtimes '
+            'alternate on the same frames in one process. Labels = first: pixels whose label '
+            f'equals that of {args.runtimes[0]} on the same frame.\n\n'
+            + runtime_table(rows) + '\n')
+    print('\n' + text)
+    if args.markdown:
+        write_section(args.markdown, 'engine_runtimes', text)
     return 0
 
 

@@ -788,6 +788,7 @@ class SegmentationNode(LifecycleNode):
             'last error': stats.last_error,
             'device': str(seg.device) if seg else 'none',
             'model': self.settings.backend,
+            'runtime': seg.runtime.summary() if seg else 'none',
         }
         values.update(work)  # the worker's time, shared by all cameras of the node
         if self.grid is not None:

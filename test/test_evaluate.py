@@ -75,6 +75,17 @@ def test_map_scores_another_class_set(setup, tmp_path):
     assert metrics['iou']['blue'] == 0.0  # unmapped predictions count as wrong
 
 
+@pytest.mark.parametrize('runtime', ['torch', 'onnxruntime'])
+def test_model_runtime_reaches_the_engine(setup, tmp_path, monkeypatch, runtime):
+    monkeypatch.setenv('SEMSEG_ROS_CACHE', str(tmp_path / 'cache'))
+    data, params, out = setup
+    assert evaluate.main([str(data), *params, '-p', f'model.runtime:={runtime}', '--output',
+                          str(out), '--quiet']) == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['runtime'].startswith(f'{runtime} (requested')
+    assert metrics['pixel_accuracy'] == pytest.approx(1 - 128 / 1920)
+
+
 @pytest.mark.parametrize('extra,message', [
     (['-p', 'precision:=fp8'], 'parameter precision'),
     (['-p', 'bogus'], 'name:=value'),

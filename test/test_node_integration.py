@@ -359,3 +359,10 @@ def test_every_encoding_matches_the_reference_conversion(tiny_node, encoding, bi
     assert (got['label'].width, got['label'].height) == (32, 24)
     assert got['label'].header.frame_id == encoding
     assert np.array_equal(label[:, :, 0], reference)
+
+
+def test_diagnostics_name_the_runtime(tiny_node):
+    harness, _ = tiny_node
+    values = diagnostics_values(harness, 'runtime')
+    # auto on the CPU: onnxruntime, its export checked per frame size on first use.
+    assert values['runtime'].startswith('onnxruntime (auto'), values['runtime']

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 from semseg_ros.core import render
+from semseg_ros.core import runtimes
 from semseg_ros.core.models.base import SegmentationModel
 from semseg_ros.core.upsample import upsample_labels
 import torch
@@ -126,12 +127,15 @@ class Segmenter:
 
     def __init__(self, model, classes, device='auto', precision='fp32', input_size=None,
                  upsample='logits', channels_last=False, overlay_alpha=0.5, warmup=True,
-                 pinned_memory=True, compiled=False, max_batch=0):
+                 pinned_memory=True, compiled=False, max_batch=0, runtime=None, report=None):
         """
         Put the model on the device, check it against the class set and warm it up.
 
         input_size (width, height) overrides the model's own; None keeps it, and a model
-        without one runs at each frame's size (padded to its size divisor).
+        without one runs at each frame's size (padded to its size divisor). runtime: what
+        executes the model (see core/runtimes; None = the model as built); the choice and its
+        reason end up in ``self.runtime``. report: a runtimes.Reporter for its progress lines
+        and warnings.
         """
         if precision not in PRECISIONS:
             raise EngineError(f'precision must be one of {", ".join(PRECISIONS)}, '
@@ -166,12 +170,16 @@ class Segmenter:
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if compiled:
-            compile_model(self.model)
         spec = model.preprocess
         self.preprocess = spec
         size = tuple(input_size) if input_size else spec.input_size
         self.input_size = self._round_size(size) if size else None
+        self.runtime = runtimes.prepare(
+            self.model, runtime, self.device, self.input_size, upsample, precision, compiled,
+            report=report)
+        self.model = self.runtime.model
+        if compiled:
+            compile_model(self.model)
         self._upload = _Uploader(self.device, pinned_memory)
         # y = x * gain + bias, per channel, in the model's channel order.
         std = torch.tensor(spec.std, dtype=torch.float32)

@@ -8,6 +8,7 @@ gives the same model, class set, drivable classes and engine options in both.
 from semseg_ros.core import classes as class_sets
 from semseg_ros.core.engine import Segmenter
 from semseg_ros.core.models.loader import DOWNLOAD_BACKENDS, load_model, PICKLE_BACKENDS
+from semseg_ros.core.runtimes import Reporter
 
 __all__ = ['DOWNLOAD_BACKENDS', 'PICKLE_BACKENDS', 'build_model', 'build_segmenter',
            'describe', 'load_classes']
@@ -54,16 +55,17 @@ def describe(segmenter, settings):
     if settings.backend == 'auto':
         backend = f'auto -> {backend}'
     return (f'model {backend} ({name}) on {segmenter.device} {settings.precision}, '
-            f'input {size}, {len(classes)} classes from {classes.source}, drivable: '
-            + ', '.join(drivable))
+            f'runtime {segmenter.runtime.summary()}, input {size}, {len(classes)} classes '
+            f'from {classes.source}, drivable: ' + ', '.join(drivable))
 
 
 def build_segmenter(settings, log=None, warn=None):
     """
     Build the model, class set and Segmenter of settings; log(line) gets a summary line.
 
-    warn(line) gets each of the segmenter's warnings (assumed preprocessing, outputs the
-    model cannot give); they also stay in ``segmenter.warnings``.
+    The model runs on settings.runtime; log gets its progress lines. warn(line) gets the
+    runtime's warnings and each of the segmenter's warnings (assumed preprocessing, outputs the
+    model cannot give); the latter also stay in ``segmenter.warnings``.
 
     Errors propagate (ModelError, ClassSetError, EngineError, OSError): the caller decides
     whether they are fatal.
@@ -74,7 +76,8 @@ def build_segmenter(settings, log=None, warn=None):
         model, classes, device=settings.device, precision=settings.precision,
         input_size=settings.input_size, upsample=settings.upsample,
         channels_last=settings.channels_last, overlay_alpha=settings.overlay_alpha,
-        warmup=settings.warmup, compiled=settings.compiled, max_batch=settings.max_batch)
+        warmup=settings.warmup, compiled=settings.compiled, max_batch=settings.max_batch,
+        runtime=settings.runtime, report=Reporter(log, warn))
     if log is not None:
         log(describe(segmenter, settings))
     if warn is not None:

@@ -63,6 +63,12 @@ PARAMETERS = (
          change='swap'),
     Spec('model.allow_pickle', False, 'Allow model files that are Python pickles (Ultralytics '
          '.pt): they can run code when loaded. Only for files you trust.', change='swap'),
+    Spec('model.runtime', 'auto', 'What executes the model: auto (CPU: the fastest of torch, '
+         "onnxruntime and openvino timed at start-up, among exports whose labels match torch's; "
+         'CUDA: torch), torch, onnxruntime, openvino, tensorrt (CUDA, onnxruntime-gpu with '
+         'TensorRT; fp16 with precision fp16). Exports are cached in the cache directory. See '
+         'docs/PERFORMANCE.md.',
+         choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt'), change='swap'),
     Spec('model.input_width', 0, 'Width the model runs at; 0 = the model default (or the '
          'frame width for models without one).', low=0, high=8192, change='swap'),
     Spec('model.input_height', 0, 'Height the model runs at; 0 = the model default (or the '
@@ -217,6 +223,7 @@ class Settings:
     download: bool = True
     options: dict = field(default_factory=dict)
     allow_pickle: bool = False
+    runtime: str = 'auto'
     input_size: Optional[Tuple[int, int]] = None
     upsample: str = 'logits'
     device: str = 'auto'
@@ -326,6 +333,7 @@ def from_values(values):
         download=v['model.download'],
         options=yaml.safe_load(v['model.options']) if v['model.options'].strip() else {},
         allow_pickle=v['model.allow_pickle'],
+        runtime=v['model.runtime'],
         input_size=(width, height) if width else None,
         upsample=v['model.upsample'],
         device=v['device'],

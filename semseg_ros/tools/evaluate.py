@@ -244,10 +244,12 @@ def evaluate(args):
         'mean_iou': float(matrix.mean_iou()),
         'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
         'model': settings.backend, 'device': str(segmenter.device),
+        'runtime': segmenter.runtime.summary(),
     }
     print(format_table(names, iou, result['pixel_accuracy'], result['mean_iou']))
     print(f'{len(pairs)} images in {seconds:.1f} s ({len(pairs) / seconds:.2f} img/s) on '
-          f'{segmenter.device}; pictures and metrics.json in {output}/')
+          f'{segmenter.device} ({segmenter.runtime.runtime}); pictures and metrics.json in '
+          f'{output}/')
     cv2.imwrite(str(output / 'confusion.png'), confusion_picture(matrix.matrix, names))
     if mosaic:
         cv2.imwrite(str(output / 'mosaic.png'), np.vstack(mosaic))

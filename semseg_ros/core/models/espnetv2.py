@@ -253,16 +253,16 @@ class PyramidPool(nn.Module):
 
     def forward(self, x):
         x = self.projection_layer(x)
-        height, width = x.shape[2:]
+        height, width = int(x.shape[2]), int(x.shape[3])
         branches = []
         for scale, stage in zip(PYRAMID_SCALES, self.stages):
             size = (max(int(math.ceil(height * scale)), PYRAMID_MIN_SIZE),
                     max(int(math.ceil(width * scale)), PYRAMID_MIN_SIZE))
             if scale > 1.0:
                 y = _resize(x, size)
-                y = functional.adaptive_avg_pool2d(stage(y), (height, width))
+                y = adaptive_avg_pool(stage(y), (height, width))
             elif scale < 1.0:
-                y = stage(functional.adaptive_avg_pool2d(x, size))
+                y = stage(adaptive_avg_pool(x, size))
                 y = _resize(y, (height, width))
             else:
                 y = stage(x)
@@ -287,6 +287,51 @@ class GatedProjection(nn.Module):
 
     def forward(self, x):
         return self.expansion_layer(x) * self.wt_layer(x)
+
+
+def adaptive_avg_pool(x, size):
+    """
+    Adaptive average pooling of an NCHW tensor to size (height, width), exportable to ONNX.
+
+    The bins are those of ``torch.nn.functional.adaptive_avg_pool2d`` (output cell i of an
+    axis averages input cells floor(i * n / m) to ceil((i + 1) * n / m)). When the output
+    divides the input this is a plain average pool; otherwise each axis is pooled in turn as
+    a weighted sum of a few gathered slices, operators that every ONNX exporter takes (the
+    exporters reject adaptive pooling to a size that does not divide the input). In eager
+    mode torch's own kernel runs (3x faster; the two differ by float rounding, 2e-7).
+    """
+    if not (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
+        return functional.adaptive_avg_pool2d(x, (int(size[0]), int(size[1])))
+    return exportable_avg_pool(x, size)
+
+
+def exportable_avg_pool(x, size):
+    """Adaptive average pooling (torch's bins) from average pools, gathers and sums."""
+    out_h, out_w = int(size[0]), int(size[1])
+    in_h, in_w = int(x.shape[2]), int(x.shape[3])
+    if in_h % out_h == 0 and in_w % out_w == 0:
+        kernel = (in_h // out_h, in_w // out_w)
+        return functional.avg_pool2d(x, kernel, kernel)
+    return _pool_axis(_pool_axis(x, 2, in_h, out_h), 3, in_w, out_w)
+
+
+def _pool_axis(x, dim, size_in, size_out):
+    """Average the adaptive-pooling bins of one axis (dim) of x: size_in -> size_out cells."""
+    if size_in == size_out:
+        return x
+    starts = [i * size_in // size_out for i in range(size_out)]
+    ends = [-(-(i + 1) * size_in // size_out) for i in range(size_out)]
+    shape = [1] * x.ndim
+    shape[dim] = size_out
+    total = None
+    for step in range(max(e - s for s, e in zip(starts, ends))):
+        index = torch.tensor([min(s + step, e - 1) for s, e in zip(starts, ends)],
+                             device=x.device)
+        weight = torch.tensor([1.0 / (e - s) if s + step < e else 0.0
+                               for s, e in zip(starts, ends)], dtype=x.dtype, device=x.device)
+        term = x.index_select(dim, index) * weight.view(shape)
+        total = term if total is None else total + term
+    return total
 
 
 def _resize(x, size):

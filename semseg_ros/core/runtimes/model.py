@@ -1,0 +1,171 @@
+"""
+RuntimeModel: a SegmentationModel whose forward (and logits) another runtime executes.
+
+Per entry point and input size it holds one runner: the ONNX export of the torch model (from
+the cache folder, or exported and checked against torch on a sample frame) run by
+onnxruntime, OpenVINO or TensorRT; where the export fails or its labels differ from torch's
+on more than 0.1 % of the pixels, the torch model itself, with a warning. An ``onnx``
+backend model is run from its own file. The engine calls it like any model.
+"""
+
+import os
+import tempfile
+
+from semseg_ros.core.models.base import SegmentationModel
+from semseg_ros.core.runtimes import export as onnx_export
+from semseg_ros.core.runtimes.base import ExportError, RuntimeSetupError
+import torch
+
+ATTRIBUTES = ('num_classes', 'preprocess', 'class_set', 'classes', 'name')
+
+
+def own_logits(model):
+    """Return True when a model overrides ``logits`` (its logits differ from ``forward``)."""
+    return getattr(type(model), 'logits', None) is not SegmentationModel.logits
+
+
+class RuntimeModel(SegmentationModel):
+    """Run ``source`` with a runtime: exported per (entry, height, width) on first use."""
+
+    def __init__(self, source, runtime, device, threads, report, cache, fp16=False,
+                 onnx_file=None):
+        super().__init__()
+        self.source = source
+        for attr in ATTRIBUTES:
+            setattr(self, attr, getattr(source, attr, None))
+        self.runtime = runtime
+        self.device = device
+        self.threads = int(threads)
+        self.report = report
+        self.cache = cache
+        self.fp16 = bool(fp16)
+        self.onnx_file = onnx_file
+        self._folder_ok = False
+        self.choice = None  # the RuntimeChoice that describes this model (set by prepare)
+        self.runners = {}  # (entry, h, w) -> callable
+        self.fallbacks = {}  # (entry, h, w) -> why torch runs that shape
+        self.parity = {}  # (entry, h, w) -> parity figures of the runtime
+        self.records = {}  # (entry, h, w) -> path of the export's JSON record
+
+    def forward(self, batch):
+        """Return the logits of ``source.forward``, computed by the runtime."""
+        return self._call('forward', batch)
+
+    def logits(self, batch):
+        """Return the logits of ``source.logits``, computed by the runtime."""
+        return self._call('logits', batch)
+
+    def entry(self, name):
+        """Return the entry point that ``name`` runs (logits = forward unless overridden)."""
+        return 'logits' if name == 'logits' and own_logits(self.source) else 'forward'
+
+    def _call(self, name, batch):
+        key = (self.entry(name), int(batch.shape[2]), int(batch.shape[3]))
+        runner = self.runners.get(key)
+        if runner is None:
+            runner = self.prime(*key)
+        return runner(batch)
+
+    def prime(self, entry, height, width):
+        """Make (or load) the runner of one entry point and input size; return it."""
+        key = (entry, int(height), int(width))
+        if key in self.runners:
+            return self.runners[key]
+        with torch.autocast(self.device.type, enabled=False):
+            runner = self._make(*key)
+        self.runners[key] = runner
+        return runner
+
+    def _make(self, entry, height, width):
+        torch_run = getattr(self.source, entry)
+        shape = (height, width)
+        try:
+            if self.onnx_file:
+                return self._from_file(torch_run, shape)
+            return self._from_export(entry, torch_run, shape)
+        except (ExportError, RuntimeSetupError) as exc:
+            return self._fall_back((entry, height, width), str(exc), torch_run)
+
+    def _from_file(self, source_run, shape):
+        """Run an onnx-backend model from its own file (other runtimes checked against it)."""
+        runner = self.make_runner(self.onnx_file)
+        if self.runtime != 'onnxruntime':
+            sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
+            self._check(('forward',) + shape, onnx_export.parity(source_run, runner, sample))
+        return runner
+
+    def _from_export(self, entry, torch_run, shape):
+        """Run a torch model's ONNX export: from the cache, or exported and checked now."""
+        digest = onnx_export.weights_digest(self.source)
+        key = onnx_export.export_key(digest, entry, shape)
+        folder = self._folder()
+        path, record_path = onnx_export.cache_paths(folder, self.name, entry, shape, key)
+        self.records[(entry,) + shape] = record_path
+        record = onnx_export.read_record(record_path)
+        sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
+        if os.path.isfile(path):
+            self.report.info(f'{self.runtime}: ONNX export from the cache: {path}')
+        else:
+            self.report.info(f'{self.runtime}: exporting {self.name}.{entry} at '
+                             f'{shape[1]}x{shape[0]} to ONNX: {path}')
+            onnx_export.export(self.source, entry, sample, path)
+            record = {'key': key, 'entry': entry, 'input': list(shape), 'parity': {},
+                      **onnx_export.library_versions()}
+        runner = self.make_runner(path)
+        tag = f'{self.runtime} {runner.version} {self.device.type} ' + \
+            ('fp16' if self.fp16 else 'fp32')
+        figures = record.get('parity', {}).get(tag)
+        if figures is None:
+            figures = onnx_export.parity(torch_run, runner, sample)
+            record.setdefault('parity', {})[tag] = figures
+            onnx_export.write_record(record_path, record)
+        self._check((entry,) + shape, figures)
+        return runner
+
+    def _check(self, key, figures):
+        """Raise ExportError unless the runtime's labels match enough of torch's."""
+        self.parity[key] = figures
+        agreement = float(figures.get('agreement', 0.0))
+        if agreement < onnx_export.PARITY_MIN:
+            why = figures.get('error') or (
+                f'labels equal on {100.0 * agreement:.2f} % of a sample frame, below '
+                f'{100.0 * onnx_export.PARITY_MIN:.1f} %')
+            raise ExportError(f'parity check failed: {why}')
+
+    def make_runner(self, path):
+        """Return the runner of this runtime for an ONNX file."""
+        if self.runtime == 'openvino':
+            from semseg_ros.core.runtimes.openvino_runtime import OpenVinoRunner
+            return OpenVinoRunner(path, self.device, self.threads,
+                                  cache=os.path.join(self._folder(), 'openvino'))
+        from semseg_ros.core.runtimes.onnx_runtime import OrtRunner
+        return OrtRunner(path, self.device, self.threads, self.runtime, self.fp16,
+                         cache=os.path.join(self._folder(), 'tensorrt'),
+                         report=self.report.info)
+
+    def _folder(self):
+        """Return the cache folder of exports, made on first use (a temporary one if unusable)."""
+        if not self._folder_ok:
+            try:
+                os.makedirs(self.cache, exist_ok=True)
+                usable = os.access(self.cache, os.W_OK)
+            except (OSError, TypeError):
+                usable = False
+            if not usable:
+                temp = tempfile.mkdtemp(prefix='semseg_ros_runtimes_')
+                self.report.warning(f'cannot write the cache folder {self.cache}: ONNX exports '
+                                    f'go to {temp} and are not kept')
+                self.cache = temp
+            self._folder_ok = True
+        return self.cache
+
+    def _fall_back(self, key, why, torch_run):
+        """Run ``key`` with the source model itself; warn and note it in the choice."""
+        entry, height, width = key
+        self.fallbacks[key] = why
+        source = 'the onnx backend (onnxruntime)' if self.onnx_file else 'torch'
+        self.report.warning(f'model.runtime {self.runtime}: {self.name}.{entry} at '
+                            f'{width}x{height} runs on {source} instead: {why}')
+        if self.choice is not None:
+            self.choice.note_fallback(f'{width}x{height}: {why}')
+        return torch_run

@@ -1,0 +1,61 @@
+"""
+OpenVINO adapter: ``core.compile_model`` of an ONNX file behind the call of a torch model.
+
+CPU only here (OpenVINO's GPU plugin is for Intel GPUs). Compiled for latency: one stream,
+the node's thread budget, and fp32 inference (on CPUs with bf16 units OpenVINO would
+otherwise run in bf16 by default, which changed 1.6 % of ESPNetv2's labels here). Compiled
+models are cached in the cache folder, so a restart does not compile again. The output is
+written straight into a torch tensor once its shape is known.
+"""
+
+import os
+
+from semseg_ros.core.runtimes.base import import_runtime, RuntimeSetupError
+import torch
+
+
+class OpenVinoRunner:
+    """Run one ONNX file with OpenVINO on the CPU: ``runner(batch)`` -> logits tensor."""
+
+    def __init__(self, path, device, threads, cache=''):
+        ov = import_runtime('openvino')
+        if device.type != 'cpu':
+            raise RuntimeSetupError(
+                f'model.runtime openvino runs on the CPU here, not on {device}: set device to '
+                'cpu, or model.runtime to auto, torch or tensorrt')
+        self.path = str(path)
+        self.device = device
+        self.version = ov.__version__
+        self._ov = ov
+        config = {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1,
+                  'INFERENCE_NUM_THREADS': int(threads), 'INFERENCE_PRECISION_HINT': 'f32'}
+        if cache:
+            os.makedirs(cache, exist_ok=True)
+            config['CACHE_DIR'] = cache
+        try:
+            self.compiled = ov.Core().compile_model(self.path, 'CPU', config)
+        except Exception as exc:  # noqa: B902 - OpenVINO raises its own types
+            raise RuntimeSetupError(f'OpenVINO cannot compile {self.path}: {exc}') from None
+        self.providers = ['CPU']
+        self.request = self.compiled.create_infer_request()
+        types = {ov.Type.f32: torch.float32, ov.Type.f16: torch.float16}
+        self.input_torch = types.get(self.compiled.input(0).get_element_type(), torch.float32)
+        # Written into torch memory only when the output is f32; else copied out.
+        self._direct = self.compiled.output(0).get_element_type() == ov.Type.f32
+        self._out_shapes = {}
+
+    def __call__(self, batch):
+        """Run the compiled model on a (N, 3, H, W) float tensor; return its first output."""
+        x = batch.detach().to('cpu', self.input_torch).contiguous()
+        request = self.request
+        request.set_input_tensor(0, self._ov.Tensor(x.numpy(), shared_memory=True))
+        shape = self._out_shapes.get(tuple(x.shape))
+        if shape is None or not self._direct:
+            request.infer()
+            out = torch.from_numpy(request.get_output_tensor(0).data.copy())
+            self._out_shapes[tuple(x.shape)] = tuple(out.shape)
+            return out
+        out = torch.empty(shape, dtype=torch.float32)
+        request.set_output_tensor(0, self._ov.Tensor(out.numpy(), shared_memory=True))
+        request.infer()
+        return out

@@ -1,0 +1,418 @@
+"""Runtimes: selection, the ONNX export cache, parity checks and fallbacks (no ROS graph)."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from semseg_ros.core import classes as class_sets
+from semseg_ros.core import settings as cfg
+from semseg_ros.core.engine import Frame, Segmenter
+from semseg_ros.core.models.base import Preprocess, SegmentationModel
+from semseg_ros.core.models.espnetv2 import adaptive_avg_pool, ESPNetv2, exportable_avg_pool
+from semseg_ros.core.runtimes import base, prepare, Reporter, RuntimeSetupError
+from semseg_ros.core.runtimes import choose
+from semseg_ros.core.runtimes import export as onnx_export
+from semseg_ros.core.runtimes.onnx_runtime import OrtRunner, providers_for
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+pytest.importorskip('onnxruntime')
+
+
+class Tiny(SegmentationModel):
+    """Four classes from two convolutions; logits at half the input size."""
+
+    num_classes = 4
+    preprocess = Preprocess(size_divisor=4)
+    name = 'tiny'
+
+    def __init__(self, seed=0, flip_in_export=False, fail_export=False):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 4, 3, padding=1))
+        self.flip_in_export = flip_in_export
+        self.fail_export = fail_export
+
+    def logits(self, batch):
+        y = self.body(batch)
+        if torch.onnx.is_in_onnx_export():
+            if self.fail_export:
+                raise RuntimeError('this module cannot be exported')
+            if self.flip_in_export:
+                y = y.flip(1)  # the export computes other labels than torch
+        return y
+
+    def forward(self, batch):
+        return F.interpolate(self.logits(batch), size=batch.shape[2:], mode='bilinear',
+                             align_corners=False)
+
+
+def frames(sizes, seed=1):
+    rng = np.random.default_rng(seed)
+    out = []
+    for w, h in sizes:
+        coarse = rng.integers(0, 255, (h // 8, w // 8, 3)).astype(np.uint8)
+        out.append(Frame(np.ascontiguousarray(np.kron(coarse, np.ones((8, 8, 1), np.uint8))),
+                         'rgb'))
+    return out
+
+
+def labels(segmenter, batch):
+    return [r['label'] for r in segmenter.process(batch, ('label',))]
+
+
+class Log:
+    def __init__(self):
+        self.info, self.warnings = [], []
+
+    def reporter(self):
+        return Reporter(self.info.append, self.warnings.append)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('SEMSEG_ROS_CACHE', str(tmp_path))
+    return tmp_path / 'runtimes'
+
+
+def count_exports(monkeypatch):
+    calls = []
+    real = torch.onnx.export
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, 'export', counting)
+    return calls
+
+
+# Selection.
+def test_auto_picks_onnxruntime_on_cpu_and_torch_elsewhere():
+    model = Tiny()
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    assert choose.auto_runtime(model, cpu)[0] == 'onnxruntime'
+    assert choose.auto_runtime(model, cuda)[0] == 'torch'
+    assert choose.auto_runtime(model, cpu, precision='bf16')[0] == 'torch'
+    assert choose.auto_runtime(model, cpu, compiled=True)[0] == 'torch'
+
+
+def test_auto_without_onnxruntime_runs_torch(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # import fails
+    monkeypatch.setitem(sys.modules, 'openvino', None)
+    runtime, reason = choose.auto_runtime(Tiny(), torch.device('cpu'))
+    assert runtime == 'torch' and 'not installed' in reason
+
+
+def fixed_race(monkeypatch, timings):
+    """Make auto's race return fixed timings; return the list of raced function names."""
+    calls = []
+
+    def race(functions, sample):
+        calls.append(sorted(functions))
+        return {name: timings[name] for name in functions}
+
+    monkeypatch.setattr(choose, 'race', race)
+    return calls
+
+
+def test_auto_runs_onnxruntime_with_torch_labels_and_says_so(cache, monkeypatch):
+    calls = fixed_race(monkeypatch, {'torch': 2.0, 'onnxruntime': 1.0, 'openvino': 3.0})
+    log = Log()
+    model = Tiny()
+    seg = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(64, 48),
+                    runtime='auto', report=log.reporter())
+    ref = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(64, 48))
+    assert seg.runtime.runtime == 'onnxruntime' and ref.runtime.runtime == 'torch'
+    assert seg.runtime.threads == torch.get_num_threads()
+    summary = seg.runtime.summary()
+    assert summary.startswith('onnxruntime (auto: fastest here (onnxruntime 1.0 ms, torch 2.0')
+    assert '100.00 % equal' in summary
+    assert len(calls) == 1 and 'torch' in calls[0] and 'onnxruntime' in calls[0]
+    batch = frames([(64, 48), (100, 70)])
+    for a, b in zip(labels(seg, batch), labels(ref, batch)):
+        assert np.array_equal(a, b)
+    assert any('exporting tiny.logits at 64x48' in line for line in log.info)
+    assert not log.warnings
+
+
+def test_auto_keeps_torch_where_it_is_fastest_and_races_once(cache, monkeypatch):
+    calls = fixed_race(monkeypatch, {'torch': 1.0, 'onnxruntime': 2.0, 'openvino': 3.0})
+    model = Tiny()
+    choice = prepare(model, 'auto', 'cpu', (64, 48))
+    assert choice.runtime == 'torch' and choice.model is model
+    assert choice.reason.startswith('auto: fastest here (torch 1.0 ms')
+    again = prepare(model, 'auto', 'cpu', (64, 48))
+    assert again.runtime == 'torch' and len(calls) == 1, 'the timings were not kept'
+    record = json.loads(next(cache.glob('*.json')).read_text())
+    (timings,) = record['auto'].values()
+    assert timings['torch'] == 1.0
+
+
+def test_race_times_each_function_alternating():
+    import time
+    order = []
+
+    def slow(batch):
+        order.append('slow')
+        time.sleep(0.004)
+
+    def fast(batch):
+        order.append('fast')
+
+    timings = onnx_export.race({'slow': slow, 'fast': fast}, torch.zeros(1), rounds=2, runs=2)
+    assert timings['slow'] >= 3.0 > timings['fast']
+    assert order == ['slow', 'fast'] + ['slow', 'slow', 'fast', 'fast'] * 2
+
+
+def test_setting_is_validated():
+    assert cfg.from_values({}).runtime == 'auto'
+    assert cfg.from_values({'model.runtime': 'openvino'}).runtime == 'openvino'
+    with pytest.raises(cfg.SettingsError, match='model.runtime'):
+        cfg.from_values({'model.runtime': 'tensorflow'})
+
+
+# Export cache.
+def test_second_build_hits_the_cache_and_size_changes_the_key(cache, monkeypatch):
+    calls = count_exports(monkeypatch)
+    model = Tiny()
+    first = prepare(model, 'onnxruntime', 'cpu', (64, 48))
+    assert len(calls) == 1 and first.runtime == 'onnxruntime'
+    files = sorted(p.name for p in cache.glob('*.onnx'))
+    assert files == [f for f in files if f.startswith('tiny-logits-64x48-')] and len(files) == 1
+    log = Log()
+    second = prepare(model, 'onnxruntime', 'cpu', (64, 48), report=log.reporter())
+    assert len(calls) == 1, 'the second build exported again'
+    assert any('from the cache' in line for line in log.info)
+    assert second.runtime == 'onnxruntime'
+    prepare(model, 'onnxruntime', 'cpu', (96, 48))
+    assert len(calls) == 2
+    assert len(list(cache.glob('*.onnx'))) == 2
+    record = json.loads(next(cache.glob('tiny-logits-96x48-*.json')).read_text())
+    assert record['input'] == [48, 96]
+    assert any(tag.startswith('onnxruntime ') for tag in record['parity'])
+
+
+def test_key_follows_weights_size_entry_and_opset():
+    digest = onnx_export.weights_digest(Tiny(seed=0))
+    assert digest == onnx_export.weights_digest(Tiny(seed=0))
+    assert digest != onnx_export.weights_digest(Tiny(seed=1))
+    key = onnx_export.export_key(digest, 'logits', (48, 64))
+    assert key == onnx_export.export_key(digest, 'logits', (48, 64))
+    assert key != onnx_export.export_key(digest, 'logits', (64, 48))
+    assert key != onnx_export.export_key(digest, 'forward', (48, 64))
+    assert key != onnx_export.export_key(digest, 'logits', (48, 64), opset=18)
+
+
+def test_sizes_exported_on_first_use_when_the_model_has_no_size(cache):
+    model = Tiny()
+    seg = Segmenter(model, class_sets.generic(4), device='cpu', runtime='onnxruntime',
+                    warmup=False)
+    ref = Segmenter(model, class_sets.generic(4), device='cpu', warmup=False)
+    batch = frames([(64, 48), (80, 56)])
+    for a, b in zip(labels(seg, batch), labels(ref, batch)):
+        assert np.array_equal(a, b)
+    assert len(list(cache.glob('*.onnx'))) == 2
+
+
+def test_batches_of_several_frames_run_on_the_export(cache):
+    model = Tiny()
+    seg = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(64, 48),
+                    runtime='onnxruntime', max_batch=3)
+    ref = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(64, 48),
+                    max_batch=3)
+    batch = frames([(64, 48)] * 3, seed=5)
+    for a, b in zip(labels(seg, batch), labels(ref, batch)):
+        assert np.array_equal(a, b)
+
+
+# Parity check and fallbacks.
+def test_export_that_differs_from_torch_falls_back_to_torch_with_a_warning(cache):
+    model = Tiny(flip_in_export=True)
+    with pytest.warns(RuntimeWarning, match='parity check failed'):
+        choice = prepare(model, 'auto', 'cpu', (64, 48))
+    assert choice.runtime == 'torch' and choice.model is model
+    assert 'onnxruntime fell back' in choice.reason
+    record = json.loads(next(cache.glob('*.json')).read_text())
+    assert record['parity']  # one entry per runtime auto tried (onnxruntime, openvino)
+    for figures in record['parity'].values():
+        assert figures['agreement'] < onnx_export.PARITY_MIN
+    # The failed figure is remembered: the next build falls back without a new check.
+    log = Log()
+    again = prepare(model, 'onnxruntime', 'cpu', (64, 48), report=log.reporter())
+    assert again.runtime == 'torch' and len(log.warnings) == 1
+    assert 'labels equal on' in log.warnings[0]
+
+
+def test_export_failure_falls_back_to_torch(cache):
+    model = Tiny(fail_export=True)
+    log = Log()
+    seg = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(64, 48),
+                    runtime='onnxruntime', report=log.reporter())
+    assert seg.runtime.runtime == 'torch'
+    assert 'export' in seg.runtime.reason and 'cannot be exported' in log.warnings[0]
+    assert seg.model is model
+    assert not list(cache.glob('*.onnx'))
+
+
+def test_fallback_for_one_frame_size_shows_in_the_summary(cache):
+    model = Tiny(flip_in_export=True)
+    log = Log()
+    seg = Segmenter(model, class_sets.generic(4), device='cpu', runtime='onnxruntime',
+                    warmup=False, report=log.reporter())
+    ref = Segmenter(model, class_sets.generic(4), device='cpu', warmup=False)
+    batch = frames([(64, 48)])
+    assert np.array_equal(labels(seg, batch)[0], labels(ref, batch)[0])
+    assert 'torch at 64x48' in seg.runtime.summary()
+
+
+# Runtimes agree with torch.
+@pytest.mark.parametrize('runtime', ['onnxruntime', 'openvino'])
+def test_runtime_labels_agree_with_torch(cache, runtime):
+    if not base.available(runtime):
+        pytest.skip(f'{runtime} is not installed')
+    model = Tiny(seed=3)
+    seg = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(96, 64),
+                    runtime=runtime)
+    ref = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(96, 64))
+    assert seg.runtime.runtime == runtime
+    batch = frames([(96, 64), (120, 90)], seed=7)
+    for a, b in zip(labels(seg, batch), labels(ref, batch)):
+        assert (a == b).mean() >= 0.999
+
+
+def test_onnx_backend_runs_on_the_runtimes(cache, tmp_path):
+    pytest.importorskip('onnx')  # save() writes our metadata with it
+    from semseg_ros.core.models.onnx import build, save
+    path = tmp_path / 'tiny.onnx'
+    save(Tiny(seed=4), path, 4, Tiny.preprocess, example_size=(64, 48))
+    model = build({'weights': str(path)})
+    ref = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(64, 48))
+    batch = frames([(64, 48)], seed=2)
+    expected = labels(ref, batch)[0]
+    with pytest.raises(RuntimeSetupError, match='cannot run an ONNX model'):
+        prepare(model, 'torch', 'cpu', (64, 48))
+    for runtime in ('auto', 'onnxruntime', 'openvino'):
+        if runtime == 'openvino' and not base.available('openvino'):
+            continue
+        seg = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(64, 48),
+                        runtime=runtime)
+        assert seg.runtime.runtime == ('onnxruntime' if runtime == 'auto' else runtime)
+        assert (labels(seg, batch)[0] == expected).mean() >= 0.999
+
+
+def test_espnetv2_pooling_exports_with_torch_results():
+    torch.manual_seed(0)
+    for shape, size in (((1, 4, 48, 96), (32, 64)), ((2, 3, 17, 23), (5, 9)),
+                        ((1, 2, 32, 64), (16, 32)), ((1, 2, 8, 10), (5, 5))):
+        x = torch.randn(*shape)
+        expected = F.adaptive_avg_pool2d(x, size)
+        assert torch.allclose(exportable_avg_pool(x, size), expected, atol=1e-6)
+        assert torch.equal(adaptive_avg_pool(x, size), expected)  # eager: torch's kernel
+
+
+def test_espnetv2_exports_with_identical_labels(cache):
+    torch.manual_seed(0)
+    model = ESPNetv2().eval()
+    with torch.no_grad():  # trained-like statistics so that the random net has varied labels
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.uniform_(-0.1, 0.1)
+    choice = prepare(model, 'onnxruntime', 'cpu', (64, 32))
+    assert choice.runtime == 'onnxruntime', choice.reason
+    ((key, figures),) = choice.model.parity.items()
+    assert key == ('logits', 32, 64) and figures['agreement'] == 1.0
+
+
+# Missing runtimes and providers.
+def test_missing_runtime_package_is_named_with_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'openvino', None)
+    with pytest.raises(RuntimeSetupError, match='pip install openvino'):
+        prepare(Tiny(), 'openvino', 'cpu', (64, 48))
+
+
+def test_tensorrt_needs_cuda_and_its_provider():
+    with pytest.raises(RuntimeSetupError, match='needs a CUDA device'):
+        prepare(Tiny(), 'tensorrt', 'cpu', (64, 48))
+
+    class FakeOrt:
+        __version__ = '0.0'
+
+        def __init__(self, providers):
+            self.providers = providers
+
+        def get_available_providers(self):
+            return self.providers
+
+    cuda = torch.device('cuda:1')
+    with pytest.raises(RuntimeSetupError, match='no TensorrtExecutionProvider'):
+        providers_for(FakeOrt(['CPUExecutionProvider']), 'tensorrt', cuda)
+    with pytest.raises(RuntimeSetupError, match='no CUDAExecutionProvider'):
+        providers_for(FakeOrt(['CPUExecutionProvider']), 'onnxruntime', cuda)
+    chosen = providers_for(FakeOrt(['TensorrtExecutionProvider', 'CUDAExecutionProvider',
+                                    'CPUExecutionProvider']), 'tensorrt', cuda, fp16=True,
+                           cache='/c/tensorrt')
+    name, options = chosen[0]
+    assert name == 'TensorrtExecutionProvider' and options['device_id'] == 1
+    assert options['trt_fp16_enable'] and options['trt_engine_cache_path'] == '/c/tensorrt'
+    assert [p if isinstance(p, str) else p[0] for p in chosen[1:]] == [
+        'CUDAExecutionProvider', 'CPUExecutionProvider']
+
+
+def test_options_that_need_torch_are_refused_by_other_runtimes():
+    with pytest.raises(RuntimeSetupError, match='precision fp16'):
+        prepare(Tiny(), 'onnxruntime', 'cpu', (64, 48), precision='fp16')
+    with pytest.raises(RuntimeSetupError, match='torch.compile'):
+        prepare(Tiny(), 'onnxruntime', 'cpu', (64, 48), compiled=True)
+    with pytest.raises(RuntimeSetupError, match='openvino runs on the CPU'):
+        choose.check_request('openvino', Tiny(), torch.device('cuda'), 'fp32', False)
+
+
+def test_heartbeat_reports_while_a_slow_step_runs():
+    import time
+    lines = []
+    with base.Heartbeat(lines.append, 'TensorRT engine', period=0.02):
+        time.sleep(0.1)
+    assert lines[0] == 'TensorRT engine: started'
+    assert any('still running' in line for line in lines[1:-1])
+    assert lines[-1].startswith('TensorRT engine: done in')
+
+
+def test_runtime_threads_follow_torch(cache):
+    path = cache.parent / 'tiny.onnx'
+    onnx_export.export(Tiny(), 'logits', torch.zeros(1, 3, 32, 32), str(path))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        runner = OrtRunner(path, torch.device('cpu'), base.thread_budget())
+        options = runner.session.get_session_options()
+        assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# CUDA (skipped without a GPU; benchmarks/gpu_check.sh runs these on a GPU machine).
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('runtime, precision', [('auto', 'fp32'), ('torch', 'fp16'),
+                                                ('onnxruntime', 'fp32'), ('tensorrt', 'fp32'),
+                                                ('tensorrt', 'fp16')])
+def test_cuda_runtimes_agree_with_the_cpu(cache, runtime, precision):
+    import onnxruntime as ort
+    needs = {'onnxruntime': 'CUDAExecutionProvider',
+             'tensorrt': 'TensorrtExecutionProvider'}.get(runtime)
+    ref = Segmenter(Tiny(seed=3), class_sets.generic(4), device='cpu', input_size=(96, 64))
+    kwargs = {'device': 'cuda', 'input_size': (96, 64), 'runtime': runtime,
+              'precision': precision}
+    if needs and needs not in ort.get_available_providers():
+        with pytest.raises(RuntimeSetupError, match=needs):
+            Segmenter(Tiny(seed=3), class_sets.generic(4), **kwargs)
+        pytest.skip(f'this onnxruntime has no {needs} (the error says so)')
+    seg = Segmenter(Tiny(seed=3), class_sets.generic(4), **kwargs)
+    assert seg.runtime.runtime == ('torch' if runtime == 'auto' else runtime), seg.runtime
+    batch = frames([(96, 64), (120, 90)], seed=7)
+    for a, b in zip(labels(seg, batch), labels(ref, batch)):
+        assert (a == b).mean() >= (0.99 if precision == 'fp16' else 0.999)
