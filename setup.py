@@ -42,6 +42,8 @@ setup(
             'semseg-ros-eval = semseg_ros.tools.evaluate:main',
             'semseg-ros-bag = semseg_ros.tools.bag:main',
             'semseg-ros-replay = semseg_ros.tools.replay:main',
+            'semseg-ros-data = semseg_ros.tools.data:main',
+            'semseg-ros-train = semseg_ros.tools.train:main',
         ],
     },
 )

@@ -95,3 +95,28 @@ class TinyNet(SegmentationModel):
         """Return logits at half the input size."""
         f = self.stem(x)
         return self.head(torch.cat([f, self.context(f)], 1))
+
+
+def build(options):
+    """Build a TinyNet for the model registry (test backend 'tinynet')."""
+    from semseg_ros.core import classes as sets
+
+    weights = options.get('weights') or ''
+    classes = sets.load(options['classes'])
+    net = TinyNet(len(classes))
+    if weights:
+        net.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True))
+    net.class_set = options['classes']
+    return net.eval()
+
+
+def base_params(folder, classes_yaml, weights):
+    """Write a node params file naming the test backend 'tinynet'; return its path."""
+    import yaml
+
+    path = Path(folder) / 'base.yaml'
+    path.write_text(yaml.safe_dump({'/**': {'ros__parameters': {'model': {
+        'backend': 'tinynet', 'weights': str(weights),
+        'options': yaml.safe_dump({'classes': str(classes_yaml)})}, 'device': 'cpu',
+        'warmup': False}}}))
+    return path
