@@ -29,7 +29,7 @@ BASE_CLASSES = {'name': 'base', 'ignore_id': 3, 'classes': [
 
 @pytest.fixture(scope='module')
 def scenes(tmp_path_factory):
-    """Return (train folder, val folder) of synthetic scenes (different seeds)."""
+    """Draw a train and a val folder of synthetic scenes, with different seeds."""
     root = tmp_path_factory.mktemp('scenes')
     return (synthetic.draw_dataset(root / 'train', 24, seed=1),
             synthetic.draw_dataset(root / 'val', 12, seed=2))

@@ -174,12 +174,13 @@ def run(args, log=print):
     best = max(history, key=lambda row: row['val_miou'])
     log(f'best epoch {best["epoch"]}: val mIoU {best["val_miou"]:.4f} '
         f'({(time.monotonic() - start) / 60:.1f} min this run); curves in {work}')
+    base_name = f'{settings.backend} ({base_classes.name})'
+    if settings.weights:
+        base_name += f', {Path(settings.weights).name}'
     provenance = {
-        'base_model': f'{settings.backend} ({base_classes.name})'
-                      + (f', {Path(settings.weights).name}' if settings.weights else ''),
+        'base_model': base_name,
         'trained_on': f'{Path(args.dataset).resolve().name} ({len(train_items)} images)',
-        'metrics': {'dataset': how, 'miou': round(best['val_miou'], 4),
-                    'epoch': best['epoch']},
+        'metrics': {'dataset': how, 'miou': round(best['val_miou'], 4), 'epoch': best['epoch']},
         'training': {'size': list(size), 'epochs': best['epoch'], 'seed': args.seed}}
     card_path = export.export_model_dir(model.cpu(), classes, out, size, provenance)
     log(f'model directory {out}: {card_path.name} + {export.MODEL_FILE}')

@@ -129,7 +129,7 @@ def read_label(path, classes):
             raise DatasetError(
                 f'{path}: a color mask ({colors} distinct RGB colors), not class ids: labels '
                 'must be single-channel PNGs of class ids; convert color masks with '
-                '`semseg-ros-data import --format color` (the class set\'s palette)')
+                "`semseg-ros-data import --format color` (the class set's palette)")
     if label.dtype not in (np.uint8, np.uint16):
         raise DatasetError(f'{path}: label dtype {label.dtype}; expected 8- or 16-bit ids')
     check_ids(label, classes, path)
@@ -154,7 +154,7 @@ def frame_key(stem):
 
 
 def evenly(count, chosen):
-    """Return ``chosen`` indices of range(count), spread evenly (deterministic)."""
+    """Pick ``chosen`` of the indices 0..count-1, spread out evenly, deterministically."""
     chosen = max(1, min(count - 1, chosen))
     return sorted({min(count - 1, int((i + 0.5) * count / chosen)) for i in range(chosen)})
 
@@ -191,8 +191,8 @@ def split_frames(names, by='time', val_fraction=0.2, blocks=10, block_seconds=No
     for key, items in groups.items():
         if any(stamp is None for stamp, _ in items):
             # No time in the names: their sorted order is the recording order.
-            items = [(float(i), name) for i, (_, name) in enumerate(sorted(items, key=lambda x:
-                                                                               x[1]))]
+            names_sorted = sorted(name for _, name in items)
+            items = [(float(i), name) for i, name in enumerate(names_sorted)]
         items.sort()
         first, last = items[0][0], items[-1][0]
         if block_seconds:

@@ -113,8 +113,8 @@ def _new_layer(old, count):
     if isinstance(old, nn.Linear):
         return nn.Linear(old.in_features, count, bias=old.bias is not None)
     kind = type(old)
-    kwargs = dict(kernel_size=old.kernel_size, stride=old.stride, padding=old.padding,
-                  dilation=old.dilation, bias=old.bias is not None)
+    kwargs = {'kernel_size': old.kernel_size, 'stride': old.stride, 'padding': old.padding,
+              'dilation': old.dilation, 'bias': old.bias is not None}
     if isinstance(old, nn.ConvTranspose2d):
         if old.groups != 1:
             raise ModelError('a grouped transposed-convolution head cannot be adapted')
