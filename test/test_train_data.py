@@ -265,5 +265,10 @@ def test_prelabel_writes_the_models_labels(tmp_path, capsys):
         label = cv2.imread(str(labels[0]), -1)
         assert label.shape == (48, 64) and label.max() < 5
         assert dataset.dataset_classes(tmp_path / 'pre').names == synthetic.shapes().names
+        # Pre-labelling a dataset's own frames keeps them.
+        before = [p.read_bytes() for p in dataset.image_files(root / 'images')]
+        assert data_tool.main(['prelabel', str(root / 'images'), str(root), '--params',
+                               str(params), '--no-progress']) == 0
+        assert [p.read_bytes() for p in dataset.image_files(root / 'images')] == before
     finally:
         registry._BACKENDS.pop('tinynet', None)

@@ -240,7 +240,8 @@ def parse_args(argv):
     parser.add_argument('--scale-min', type=float, default=0.75, help='smallest random scale')
     parser.add_argument('--scale-max', type=float, default=1.5, help='largest random scale')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--workers', type=int, default=0, help='data loader processes')
+    parser.add_argument('--workers', type=int, default=-1, help='data loader processes '
+                        '(default: 4 on CUDA, 0 on the CPU)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N')
     parser.add_argument('--no-amp', action='store_true', help='float32 on CUDA too')
     parser.add_argument('--class-map', help='YAML {dataset class: base class or null}')

@@ -214,6 +214,8 @@ def link_or_copy(source, target):
     """Hard-link a file (copy where links are impossible)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
+        if target.resolve() == Path(source).resolve() or target.samefile(source):
+            return  # already there (e.g. prelabel into the frames' own dataset)
         target.unlink()
     try:
         target.hardlink_to(source)

@@ -13,6 +13,7 @@ model's predictions count through the class-name mapping.
 
 from datetime import datetime, timezone
 from pathlib import Path
+import warnings
 
 import cv2
 import numpy as np
@@ -65,16 +66,21 @@ def export_model_dir(model, classes, out, size, provenance=None):
     example = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = module(example)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Sizes computed from the input become constants: the card fixes the input size.
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        warnings.simplefilter('ignore', FutureWarning)
         traced = torch.jit.trace(module, example, check_trace=False)
-    traced = torch.jit.freeze(traced.eval())
+        traced = torch.jit.freeze(traced.eval())
     pre = preprocess_dict(model.preprocess, (width, height))
     spec = Preprocess(pre['channel_order'], tuple(pre['mean']), tuple(pre['std']),
                       pre['scale'], (width, height), pre['size_divisor'])
     meta = dump_metadata(len(classes), spec, None)
     path = out / MODEL_FILE
-    torch.jit.save(traced, str(path), _extra_files={META_FILE: meta})
-    loaded = torch.jit.load(str(path), map_location='cpu')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # TorchScript is deprecated, still loads
+        torch.jit.save(traced, str(path), _extra_files={META_FILE: meta})
+        loaded = torch.jit.load(str(path), map_location='cpu')
     with torch.inference_mode():
         got = loaded(example)
     if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-3, rtol=1e-3):

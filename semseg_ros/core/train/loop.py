@@ -39,7 +39,7 @@ class TrainConfig:
     lr: float = 5e-4
     weight_decay: float = 1e-4
     seed: int = 0
-    workers: int = 0
+    workers: int = -1         # -1 = 4 on CUDA, 0 (the main process) on the CPU
     device: str = 'auto'
     amp: bool = True          # mixed precision, CUDA only
     val_batch: int = 4
@@ -171,6 +171,7 @@ def fit(model, train_set, val_set, folder, config, resume=False, log=print, extr
     device = select_device(config.device)
     amp = bool(config.amp and device.type == 'cuda')
     model.to(device)
+    workers = config.workers if config.workers >= 0 else (4 if device.type == 'cuda' else 0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -191,10 +192,10 @@ def fit(model, train_set, val_set, folder, config, resume=False, log=print, extr
     generator.manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=config.batch, shuffle=True, drop_last=len(train_set) > config.batch,
-        num_workers=config.workers, generator=generator, pin_memory=device.type == 'cuda',
-        persistent_workers=config.workers > 0)
+        num_workers=workers, generator=generator, pin_memory=device.type == 'cuda',
+        persistent_workers=False)  # workers see each epoch's seed
     val_loader = torch.utils.data.DataLoader(
-        val_set, batch_size=config.val_batch, shuffle=False, num_workers=config.workers,
+        val_set, batch_size=config.val_batch, shuffle=False, num_workers=workers,
         collate_fn=collate_eval)
     steps_per_epoch = max(1, len(loader))
     limit = config.minutes * 60.0
