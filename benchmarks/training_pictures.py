@@ -31,6 +31,7 @@ import synthetic  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+MAX_WIDTH = 560  # pixels of a picture in the docs
 BASE_CLASSES = {'name': 'base', 'ignore_id': 3, 'classes': [
     {'id': 0, 'name': 'ground', 'color': [90, 90, 90]},
     {'id': 1, 'name': 'disc', 'color': [220, 40, 40]},
@@ -97,9 +98,13 @@ def main(argv=None):
                             str(params), '--val', str(work / 'split' / 'val'), '--epochs', '10',
                             '--lr', '5e-3', '--device', 'cpu', '--no-progress'])
     assert code == 0, code
-    shutil.copy(work / 'check' / 'mosaic.png', output / 'check_mosaic.png')
+    for source, name in ((work / 'check' / 'mosaic.png', 'check_mosaic.png'),
+                         (work / 'model' / 'train' / 'gate.png', 'gate.png')):
+        picture = cv2.imread(str(source))
+        scale = min(1.0, MAX_WIDTH / picture.shape[1])
+        picture = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(output / name), picture, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     shutil.copy(work / 'model' / 'train' / 'curves.png', output / 'curves.png')
-    shutil.copy(work / 'model' / 'train' / 'gate.png', output / 'gate.png')
     print(f'pictures in {output}; run folder {work}')
     return 0
 

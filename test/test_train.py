@@ -66,10 +66,12 @@ def test_a_random_net_learns_the_scenes(scenes, tmp_path):
     config = loop.TrainConfig(epochs=6, batch=4, lr=5e-3, progress=False)
     history = loop.fit(net, train, val, tmp_path, config, log=lambda *_: None)
     assert untrained < 0.35
-    assert history[-1]['train_loss'] < 0.5 * history[0]['train_loss']
+    assert history[0]['epoch'] == 0 and history[0]['val_miou'] == pytest.approx(untrained,
+                                                                                 abs=1e-4)
+    assert history[-1]['train_loss'] < 0.5 * history[1]['train_loss']
     assert max(row['val_miou'] for row in history) > 0.75
     rows = list(csv.DictReader(open(tmp_path / loop.CURVES_CSV)))
-    assert [int(r['epoch']) for r in rows] == list(range(1, 7))
+    assert [int(r['epoch']) for r in rows] == list(range(0, 7))
     assert (tmp_path / loop.CURVES_PNG).stat().st_size > 1000
     best = torch.load(tmp_path / loop.BEST, weights_only=True)
     assert best['val_miou'] == pytest.approx(max(row['val_miou'] for row in history), abs=1e-5)
@@ -88,7 +90,7 @@ def test_resume_continues_the_run(scenes, tmp_path):
     history = loop.fit(again, make(again, True), make(again, False), tmp_path,
                        loop.TrainConfig(epochs=2, progress=False), resume=True,
                        log=lines.append)
-    assert [row['epoch'] for row in history] == [1, 2]
+    assert [row['epoch'] for row in history] == [0, 1, 2]
     assert lines[0].startswith('resumed after epoch 1')
     with pytest.raises(FileNotFoundError, match='--resume'):
         loop.fit(again, make(again, True), make(again, False), tmp_path / 'new',
@@ -104,7 +106,9 @@ def test_time_limit_stops_the_run(scenes, tmp_path):
     history = loop.fit(net, train, val, tmp_path,
                        loop.TrainConfig(minutes=0.001, batch=2, progress=False),
                        log=lambda *_: None)
-    assert len(history) == 1  # one partial epoch, validated and saved
+    # The base, then one partial epoch (at least one step), validated and saved.
+    assert [row['epoch'] for row in history] == [0, 1]
+    assert (tmp_path / loop.LAST).is_file()
 
 
 def test_class_mapping_by_name_and_synonym():

@@ -103,6 +103,13 @@ def split_items(args, classes):
     return train, val, f'time blocks of {args.dataset} ({args.val_fraction:.0%} val)'
 
 
+def spread(items, count):
+    """Return ``count`` items spread evenly over the list (all when it is shorter)."""
+    if count >= len(items):
+        return items
+    return [items[int((i + 0.5) * len(items) / count)] for i in range(count)]
+
+
 def check_labels(items, classes, log):
     """Read every label once (color masks and foreign ids raise before any training)."""
     for _, label in items:
@@ -129,7 +136,7 @@ def run(args, log=print):
     classes = dataset.dataset_classes(args.dataset, args.classes)
     train_items, val_items, how = split_items(args, classes)
     if args.limit:
-        train_items, val_items = train_items[:args.limit], val_items[:args.limit]
+        train_items, val_items = spread(train_items, args.limit), spread(val_items, args.limit)
     check_labels(train_items + val_items, classes, log)
     log(f'{len(train_items)} train / {len(val_items)} val images ({how})')
     try:
@@ -252,8 +259,8 @@ def parse_args(argv):
     parser.add_argument('--class-map', help='YAML {dataset class: base class or null}')
     parser.add_argument('--gate-margin', type=float, default=0.0,
                         help='mIoU the trained model must gain over the base model')
-    parser.add_argument('--limit', type=int, default=0, help='use the first N images of each '
-                        'split (quick runs)')
+    parser.add_argument('--limit', type=int, default=0, help='use N images of each split, '
+                        'spread evenly over it (quick runs)')
     parser.add_argument('--deploy', metavar='NODE', help='running node to switch to OUT when '
                         'the gate passes (e.g. /semseg)')
     parser.add_argument('--deploy-timeout', type=float, default=30.0)

@@ -4,7 +4,7 @@ The training loop: one ``train_one_epoch``, one ``evaluate`` with a confusion ma
 ``fit`` trains with AdamW and a polynomial learning-rate decay over the run (by epochs, or by
 wall-clock time with a time limit), mixed precision on CUDA and the same code in float32 on
 the CPU. After every epoch it validates (mIoU), appends a row to ``curves.csv``, redraws
-``curves.png`` and saves ``last.pt`` (model, optimizer, scaler, epoch, time spent, history) and,
+``curves.png`` (epoch 0: the model before training) and saves ``last.pt`` (model, optimizer, scaler, epoch, time spent, history) and,
 when the mIoU is the best so far, ``best.pt``. ``resume=True`` continues from ``last.pt``.
 """
 
@@ -84,7 +84,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, amp, schedule, sto
     model.train()
     total, steps = 0.0, 0
     for inputs, target in loader:
-        if stop():
+        if steps and stop():
             return total / max(1, steps), steps, True
         for group in optimizer.param_groups:
             group['lr'] = schedule()
@@ -141,8 +141,10 @@ def write_curves(folder, history):
     from matplotlib import pyplot
 
     epochs = [row['epoch'] for row in history]
+    trained = [row for row in history if row['train_loss'] is not None]
     figure, (left, right) = pyplot.subplots(1, 2, figsize=(8, 3), dpi=80)
-    left.plot(epochs, [row['train_loss'] for row in history], 'o-', color='tab:red')
+    left.plot([row['epoch'] for row in trained], [row['train_loss'] for row in trained], 'o-',
+              color='tab:red')
     left.set_xlabel('epoch')
     left.set_ylabel('train loss')
     left.grid(alpha=0.3)
@@ -215,27 +217,22 @@ def fit(model, train_set, val_set, folder, config, resume=False, log=print, extr
     def out_of_time():
         return bool(limit) and time.monotonic() - start >= limit
 
-    while (not config.epochs or epoch < config.epochs) and not out_of_time():
-        train_set.epoch = epoch
-        with tqdm(total=steps_per_epoch, desc=f'epoch {epoch + 1}', unit='step',
-                  disable=not config.progress, leave=False) as bar:
-            loss, steps, stopped = train_one_epoch(
-                model, loader, optimizer, scaler, device, amp, schedule, out_of_time, bar)
-        if steps == 0:
-            break
-        epoch += 1
-        matrix = evaluate(model, val_loader, train_set.classes.__len__(),
+    def record(loss, note=''):
+        """Validate, log, checkpoint and redraw the curves after an epoch (0: before any)."""
+        nonlocal best
+        matrix = evaluate(model, val_loader, len(train_set.classes),
                           train_set.classes.ignore_id, device, amp)
         miou = matrix.mean_iou()
         miou = 0.0 if math.isnan(miou) else miou
         row = {'epoch': epoch, 'seconds': round(time.monotonic() - start, 1),
-               'lr': optimizer.param_groups[0]['lr'], 'train_loss': round(loss, 5),
+               'lr': optimizer.param_groups[0]['lr'] if epoch else 0.0,
+               'train_loss': round(loss, 5) if epoch else None,
                'val_miou': round(miou, 5),
                'val_pixel_accuracy': round(float(matrix.pixel_accuracy()), 5)}
         history.append(row)
-        log(f'epoch {epoch}{" (time limit)" if stopped else ""}: loss {loss:.4f}, val mIoU '
-            f'{miou:.4f}, pixel accuracy {row["val_pixel_accuracy"]:.4f}, '
-            f'{row["seconds"] / 60:.1f} min')
+        trained = f'loss {loss:.4f}, ' if epoch else 'before training: '
+        log(f'epoch {epoch}{note}: {trained}val mIoU {miou:.4f}, pixel accuracy '
+            f'{row["val_pixel_accuracy"]:.4f}, {row["seconds"] / 60:.1f} min')
         state = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                  'scaler': scaler.state_dict(), 'epoch': epoch, 'seconds': row['seconds'],
                  'history': history, 'config': asdict(config), 'extra': extra or {}}
@@ -245,8 +242,22 @@ def fit(model, train_set, val_set, folder, config, resume=False, log=print, extr
             torch.save({'model': model.state_dict(), 'epoch': epoch, 'val_miou': miou,
                         'extra': extra or {}}, folder / BEST)
         write_curves(folder, history)
+
     if not history:
-        raise RuntimeError('no epoch was trained (time limit too short, or no data)')
+        record(0.0)  # the starting point: the base model with its adapted head
+    first = epoch
+    # Every run trains at least one step, however short its time limit.
+    while (not config.epochs or epoch < config.epochs) and (epoch == first
+                                                            or not out_of_time()):
+        train_set.epoch = epoch
+        with tqdm(total=steps_per_epoch, desc=f'epoch {epoch + 1}', unit='step',
+                  disable=not config.progress, leave=False) as bar:
+            loss, steps, stopped = train_one_epoch(
+                model, loader, optimizer, scaler, device, amp, schedule, out_of_time, bar)
+        if steps == 0:
+            raise RuntimeError('the training set gave no batch')
+        epoch += 1
+        record(loss, ' (time limit)' if stopped else '')
     best_state = torch.load(folder / BEST, map_location=device, weights_only=True)
     model.load_state_dict(best_state['model'])
     return history
