@@ -7,7 +7,8 @@ Draws 60 frames of the tests' synthetic scenes (textured ground with discs, boxe
 named as `semseg-ros-data extract` names frames, then runs the real commands on them:
 `semseg-ros-data check` (mosaic), `semseg-ros-data split` (time blocks) and
 `semseg-ros-train` from a small network trained briefly on scenes where bars were labelled
-ground (it knows three of the four classes): curves and gate mosaic. The pictures are copied into --output.
+ground (it knows three of the four classes): curves and gate mosaic. The pictures are copied
+into --output.
 """
 
 import argparse

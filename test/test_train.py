@@ -66,8 +66,8 @@ def test_a_random_net_learns_the_scenes(scenes, tmp_path):
     config = loop.TrainConfig(epochs=6, batch=4, lr=5e-3, progress=False)
     history = loop.fit(net, train, val, tmp_path, config, log=lambda *_: None)
     assert untrained < 0.35
-    assert history[0]['epoch'] == 0 and history[0]['val_miou'] == pytest.approx(untrained,
-                                                                                 abs=1e-4)
+    assert history[0]['epoch'] == 0
+    assert history[0]['val_miou'] == pytest.approx(untrained, abs=1e-4)
     assert history[-1]['train_loss'] < 0.5 * history[1]['train_loss']
     assert max(row['val_miou'] for row in history) > 0.75
     rows = list(csv.DictReader(open(tmp_path / loop.CURVES_CSV)))

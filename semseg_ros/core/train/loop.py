@@ -3,9 +3,10 @@ The training loop: one ``train_one_epoch``, one ``evaluate`` with a confusion ma
 
 ``fit`` trains with AdamW and a polynomial learning-rate decay over the run (by epochs, or by
 wall-clock time with a time limit), mixed precision on CUDA and the same code in float32 on
-the CPU. After every epoch it validates (mIoU), appends a row to ``curves.csv``, redraws
-``curves.png`` (epoch 0: the model before training) and saves ``last.pt`` (model, optimizer, scaler, epoch, time spent, history) and,
-when the mIoU is the best so far, ``best.pt``. ``resume=True`` continues from ``last.pt``.
+the CPU. Before training (epoch 0) and after every epoch it validates (mIoU), appends a row
+to ``curves.csv``, redraws ``curves.png`` and saves ``last.pt`` (model, optimizer, scaler,
+epoch, time spent, history) and, when the mIoU is the best so far, ``best.pt``.
+``resume=True`` continues from ``last.pt``.
 """
 
 import csv
