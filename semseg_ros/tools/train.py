@@ -195,10 +195,9 @@ def run(args, log=print):
     card_path = export.export_model_dir(model.cpu(), classes, out, size, provenance)
     log(f'model directory {out}: {card_path.name} + {export.MODEL_FILE}')
     exported, loader = load_exported(out)
-    base_fresh = pipeline.build_model(settings)
-    result = export.gate(base_fresh, base_classes, exported, classes, val_items, table, size,
-                         device=args.device if args.device != 'auto' else 'auto',
-                         margin=args.gate_margin)
+    # The base model itself is untouched: the head was cut on a copy.
+    result = export.gate(base, base_classes, exported, classes, val_items, table, size,
+                         device=args.device, margin=args.gate_margin)
     picture = result.pop('mosaic')
     if picture is not None:
         cv2.imwrite(str(work / 'gate.png'), picture)
