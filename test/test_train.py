@@ -256,7 +256,7 @@ def test_tool_refuses_color_masks_before_training(scenes, tmp_path, tinynet_back
 
 
 # Run in a process where the ROS packages cannot be imported, as on a GPU machine without ROS.
-NO_ROS = '''
+NO_ROS = """
 import sys
 BLOCKED = ('rclpy', 'rcl_interfaces', 'sensor_msgs', 'std_msgs', 'rosbags', 'ament_index_python')
 class Block:
@@ -270,7 +270,7 @@ from semseg_ros.core.models import registry
 from semseg_ros.tools import train
 registry.register('tinynet', 'synthetic:build')
 sys.exit(train.main(sys.argv[1:]))
-'''
+"""
 
 
 def test_training_runs_without_ros(scenes, tmp_path):
@@ -287,3 +287,23 @@ def test_training_runs_without_ros(scenes, tmp_path):
         timeout=300)
     assert result.returncode in (0, train_tool.GATE_FAILED), result.stdout + result.stderr
     assert read_card(tmp_path / 'OUT').num_classes == 5
+
+
+def test_ultralytics_path_ends_in_the_same_model_directory(scenes, tmp_path, tinynet_backend):
+    pytest.importorskip('ultralytics')
+    params = write_base(tmp_path)
+    out = tmp_path / 'OUT'
+    code = train_tool.main([str(scenes[0]), str(out), '--params', str(params), '--val',
+                            str(scenes[1]), '--ultralytics', 'yolo26n-sem.yaml', '--epochs', '2',
+                            '--limit', '8', '--batch', '4', '--device', 'cpu', '--no-progress'])
+    assert code in (0, train_tool.GATE_FAILED)
+    data = yaml.safe_load((out / 'train' / 'ultralytics_data' / 'data.yaml').read_text())
+    assert data['names'] == {0: 'ground', 1: 'disc', 2: 'box', 3: 'bar'}
+    assert data['label_mapping'][4] == 'ignore_label'
+    card = read_card(out)
+    assert card.format == 'torchscript' and card.num_classes == 4
+    assert card.preprocess['input_size'] == [64, 64] and card.preprocess['size_divisor'] == 32
+    gate = yaml.safe_load((out / 'train' / 'gate.json').read_text())
+    assert gate['images'] == 8 and 0.0 <= gate['trained']['miou'] <= 1.0
+    loaded, _ = train_tool.load_exported(out)
+    assert loaded.num_classes == 4

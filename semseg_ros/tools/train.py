@@ -38,6 +38,7 @@ from semseg_ros.core.train.augment import SegmentationSamples
 import yaml
 
 GATE_FAILED = 3
+DEFAULT_LR = 5e-4
 
 
 class TrainError(RuntimeError):
@@ -163,6 +164,16 @@ def run(args, log=print):
     log(f'head: {shared} of {len(classes)} classes start from base classes '
         f'({", ".join(f"{k}<-{v}" for k, v in mapping.items() if v)}); mapping in '
         f'{work / "class_mapping.yaml"}')
+    base_name = f'{settings.backend} ({base_classes.name})'
+    if settings.weights:
+        base_name += f', {Path(settings.weights).name}'
+    provenance = {
+        'base_model': base_name,
+        'trained_on': f'{Path(args.dataset).resolve().name} ({len(train_items)} images)',
+        'metrics': {'dataset': how}}
+    if args.ultralytics:
+        return train_ultralytics(args, base, base_classes, classes, train_items, val_items,
+                                 table, provenance, log)
     if tuple(base_classes.names) == tuple(classes.names):
         import copy
         model = copy.deepcopy(base)
@@ -184,20 +195,48 @@ def run(args, log=print):
     best = max(history, key=lambda row: row['val_miou'])
     log(f'best epoch {best["epoch"]}: val mIoU {best["val_miou"]:.4f} '
         f'({(time.monotonic() - start) / 60:.1f} min this run); curves in {work}')
-    base_name = f'{settings.backend} ({base_classes.name})'
-    if settings.weights:
-        base_name += f', {Path(settings.weights).name}'
-    provenance = {
-        'base_model': base_name,
-        'trained_on': f'{Path(args.dataset).resolve().name} ({len(train_items)} images)',
-        'metrics': {'dataset': how, 'miou': round(best['val_miou'], 4), 'epoch': best['epoch']},
-        'training': {'size': list(size), 'epochs': best['epoch'], 'seed': args.seed}}
+    provenance['metrics'].update({'miou': round(best['val_miou'], 4), 'epoch': best['epoch']})
+    provenance['training'] = {'size': list(size), 'epochs': best['epoch'], 'seed': args.seed}
     card_path = export.export_model_dir(model.cpu(), classes, out, size, provenance)
+    # The base model itself is untouched: the head was cut on a copy.
+    result = gate_and_deploy(args, card_path, base, base_classes, classes, val_items, table,
+                             size, log)
+    result['history'] = history
+    return result
+
+
+def train_ultralytics(args, base, base_classes, classes, train_items, val_items, table,
+                      provenance, log):
+    """Train a YOLO semantic model with ultralytics' API; export, gate and deploy it alike."""
+    from semseg_ros.core.train import yolo
+
+    work = Path(args.output) / 'train'
+    size = training_size(train_items, yolo.SIZE_DIVISOR, args.size)
+    data = yolo.write_dataset(train_items, val_items, classes, work / 'ultralytics_data')
+    log(f'ultralytics dataset {data}; training {args.ultralytics} at {max(size)} px')
+    best = yolo.train(args.ultralytics, data, work, size, args.epochs or 0, args.minutes or 0.0,
+                      args.batch, args.device, args.seed, args.workers,
+                      args.lr if args.lr != DEFAULT_LR else None)
+    own_classes, kept = yolo.trained_classes(classes)
+    model = yolo.as_segmentation_model(best, own_classes)
+    provenance['training'] = {'size': list(size), 'ultralytics': str(args.ultralytics),
+                              'weights': str(best), 'seed': args.seed}
+    card_path = export.export_model_dir(model, own_classes, Path(args.output), size,
+                                        provenance)
+    return gate_and_deploy(args, card_path, base, base_classes, classes, val_items, table,
+                           size, log, own_classes, kept)
+
+
+def gate_and_deploy(args, card_path, base, base_classes, classes, val_items, table, size, log,
+                    trained_classes=None, trained_table=None):
+    """Gate the exported directory against the base; record it in the card; deploy if passed."""
+    out = Path(args.output)
+    work = out / 'train'
     log(f'model directory {out}: {card_path.name} + {export.MODEL_FILE}')
     exported, loader = load_exported(out)
-    # The base model itself is untouched: the head was cut on a copy.
     result = export.gate(base, base_classes, exported, classes, val_items, table, size,
-                         device=args.device, margin=args.gate_margin)
+                         device=args.device, margin=args.gate_margin,
+                         trained_classes=trained_classes, trained_table=trained_table)
     picture = result.pop('mosaic')
     if picture is not None:
         cv2.imwrite(str(work / 'gate.png'), picture)
@@ -211,8 +250,7 @@ def run(args, log=print):
                                        'base_engine_miou': round(result['base']['miou'], 4),
                                        'gate': 'passed' if result['passed'] else 'failed'})
     write_card(card, card_path)
-    result.update({'output': str(out), 'loader': loader, 'history': history,
-                   'deployed': False})
+    result.update({'output': str(out), 'loader': loader, 'deployed': False})
     if args.deploy:
         if result['passed']:
             from semseg_ros.tools import deploy
@@ -245,7 +283,7 @@ def parse_args(argv):
     parser.add_argument('--size', type=parse_size, help='training and inference size WxH '
                         "(default: the images' size, rounded to the model's divisor)")
     parser.add_argument('--batch', type=int, default=4)
-    parser.add_argument('--lr', type=float, default=5e-4)
+    parser.add_argument('--lr', type=float, default=DEFAULT_LR)
     parser.add_argument('--scale-min', type=float, default=0.75, help='smallest random scale')
     parser.add_argument('--scale-max', type=float, default=1.5, help='largest random scale')
     parser.add_argument('--seed', type=int, default=0)
@@ -256,6 +294,9 @@ def parse_args(argv):
                         "torch's default; 1 is far faster on a CPU other jobs share)")
     parser.add_argument('--no-amp', action='store_true', help='float32 on CUDA too')
     parser.add_argument('--class-map', help='YAML {dataset class: base class or null}')
+    parser.add_argument('--ultralytics', metavar='MODEL', help='train a YOLO semantic model '
+                        '(yolo26n-sem.pt or .yaml) with ultralytics instead; --params still '
+                        'names the base model of the gate')
     parser.add_argument('--gate-margin', type=float, default=0.0,
                         help='mIoU the trained model must gain over the base model')
     parser.add_argument('--limit', type=int, default=0, help='use N images of each split, '

@@ -108,18 +108,22 @@ def engine_labels(segmenter, image_paths):
 
 
 def gate(base_model, base_classes, trained_model, classes, items, table, size, device='cpu',
-         margin=0.0, mosaic_rows=4):
+         margin=0.0, mosaic_rows=4, trained_classes=None, trained_table=None):
     """
     Score base and trained models on (image, label) ``items`` through the engine.
 
-    ``table``: base id -> dataset id (-1: counts as wrong). Returns a dict with per-class IoU
+    ``table``: base id -> dataset id (-1: counts as wrong). A trained model with other classes
+    than the dataset's (YOLO: no void class) gives ``trained_classes`` and ``trained_table``
+    (trained id -> dataset id). Returns a dict with per-class IoU
     of both, their mIoU and pixel accuracy, ``passed`` (trained mIoU > base mIoU + margin)
     and ``mosaic`` (image | truth | base | trained, BGR).
     """
     lut = np.asarray(table, np.int64)
     lut = np.where(lut < 0, len(classes), lut)
+    own = np.arange(len(classes)) if trained_table is None else np.asarray(trained_table)
     base = Segmenter(base_model, base_classes, device=device, warmup=False)
-    trained = Segmenter(trained_model, classes, device=device, input_size=size, warmup=False)
+    trained = Segmenter(trained_model, trained_classes or classes, device=device,
+                        input_size=size, warmup=False)
     matrices = {'base': ConfusionMatrix(len(classes), classes.ignore_id),
                 'trained': ConfusionMatrix(len(classes), classes.ignore_id)}
     rows = []
@@ -129,7 +133,7 @@ def gate(base_model, base_classes, trained_model, classes, items, table, size, d
         frame = [Frame(image, 'bgr')]
         predicted = {
             'base': lut[base.process(frame, ('label',))[0]['label'].astype(np.int64)],
-            'trained': trained.process(frame, ('label',))[0]['label'].astype(np.int64)}
+            'trained': own[trained.process(frame, ('label',))[0]['label'].astype(np.int64)]}
         for key, prediction in predicted.items():
             matrices[key].update(prediction, truth)
         if len(rows) < mosaic_rows:
