@@ -122,8 +122,12 @@ def load_exported(out):
     """Load the exported directory as the node would: backend auto, else the TorchScript file."""
     from semseg_ros.core.models import registry
 
-    if 'auto' in registry.available_backends():
+    try:
         return registry.create_model('auto', weights=str(out)), 'auto'
+    except ModelError as exc:
+        if "unknown model backend 'auto'" not in str(exc):
+            raise
+    # A tree without the model-card loader: the archive carries the same metadata.
     return (registry.create_model('torchscript', weights=str(Path(out) / export.MODEL_FILE)),
             'torchscript')
 
