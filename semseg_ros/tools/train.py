@@ -13,6 +13,8 @@ a model directory (model.yaml card + model.ts) that the node and the tools load 
 model.backend auto and model.weights OUT, and the gate runs the base and the exported model
 through the node's engine on the val split (OUT/train/gate.md, gate.png). --deploy NODE sets
 the running node's model.backend/model.weights to OUT only when the gate passed.
+--ultralytics MODEL (yolo26n-sem.pt or .yaml) trains a YOLO semantic model with ultralytics'
+own API on the converted dataset instead, and ends in the same kind of OUT.
 
 Without --val, DATASET is split by time blocks (see semseg-ros-data split). Exit status: 0
 done, 1 error, 3 gate failed (OUT is written, nothing deployed).
