@@ -99,7 +99,7 @@ def split_items(args, classes):
             if args.classes or own else classes
         if tuple(val_classes.names) != tuple(classes.names):
             raise TrainError(f'{args.val} has other classes than {args.dataset}')
-        return items, dataset.pairs(args.val), f'--val {args.val}'
+        return items, dataset.pairs(args.val), Path(args.val).resolve().name
     assignment = dataset.split_frames([p.name for p, _ in items], 'time', args.val_fraction)
     train = [p for p in items if assignment[p[0].name] == 'train']
     val = [p for p in items if assignment[p[0].name] == 'val']
@@ -176,7 +176,7 @@ def run(args, log=print):
     provenance = {
         'base_model': base_name,
         'trained_on': f'{Path(args.dataset).resolve().name} ({len(train_items)} images)',
-        'metrics': {'dataset': how}}
+        'metrics': {'dataset': f'{how} ({len(val_items)} images)'}}
     if args.ultralytics:
         return train_ultralytics(args, base, base_classes, classes, train_items, val_items,
                                  table, provenance, log)
