@@ -200,11 +200,10 @@ COMMANDS = {'extract': extract, 'split': split, 'import': import_labels, 'check'
 def main(argv=None):
     """Entry point; returns the exit code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from semseg_ros.tools.train import TrainError
     try:
         COMMANDS[args.command](args)
-    except (dataset.DatasetError, class_sets.ClassSetError, TrainError, ImportError,
-            RuntimeError, OSError) as exc:
+    except (dataset.DatasetError, class_sets.ClassSetError, ImportError, RuntimeError,
+            OSError) as exc:  # RuntimeError: also TrainError and ModelError
         print(f'semseg-ros-data {args.command}: {exc}', file=sys.stderr)
         return 1
     return 0
