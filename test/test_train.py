@@ -307,3 +307,16 @@ def test_ultralytics_path_ends_in_the_same_model_directory(scenes, tmp_path, tin
     assert gate['images'] == 8 and 0.0 <= gate['trained']['miou'] <= 1.0
     loaded, _ = train_tool.load_exported(out)
     assert loaded.num_classes == 4
+
+
+def test_deploy_request_sets_backend_and_weights_together(tmp_path):
+    from rcl_interfaces.msg import ParameterType
+    from semseg_ros.tools import deploy
+    request = deploy.parameters_request('auto', '/models/OUT')
+    assert [(p.name, p.value.type, p.value.string_value) for p in request.parameters] == [
+        ('model.backend', ParameterType.PARAMETER_STRING, 'auto'),
+        ('model.weights', ParameterType.PARAMETER_STRING, '/models/OUT')]
+    assert deploy.service_name('semseg') == '/semseg/set_parameters_atomically'
+    assert deploy.service_name('/cam/semseg/') == '/cam/semseg/set_parameters_atomically'
+    with pytest.raises(deploy.DeployError, match='does not exist'):
+        deploy.deploy('/semseg', str(tmp_path / 'missing'))
