@@ -44,6 +44,8 @@ setup(
             'semseg-ros-replay = semseg_ros.tools.replay:main',
             'semseg-ros-model = semseg_ros.tools.model:main',
             'semseg-ros-make-bag = semseg_ros.tools.make_bag:main',
+            'semseg-ros-data = semseg_ros.tools.data:main',
+            'semseg-ros-train = semseg_ros.tools.train:main',
         ],
     },
 )
