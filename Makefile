@@ -12,6 +12,8 @@ SHARED ?= $(abspath ../shared)
 # Weights cache: the shared test assets when present, else the user cache (download on first use).
 ifneq ($(wildcard $(SHARED)/assets/models/*.pth),)
 export SEMSEG_ROS_CACHE ?= $(SHARED)/assets/models
+# Runtime exports never go into the (read-only) shared folder.
+export SEMSEG_ROS_EXPORT_CACHE ?= $(abspath build/runtimes)
 endif
 DEMO_SOURCE ?= $(firstword $(wildcard $(SHARED)/assets/camvid_val/images))
 DEMO_ARGS ?=

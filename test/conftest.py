@@ -17,6 +17,8 @@ os.environ['PYTHONPATH'] = os.pathsep.join(
 os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
 os.environ.setdefault('ROS_LOG_DIR', str(ROOT / 'build' / 'ros_log'))
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+# Runtime exports (ONNX files, timing records) of this run: never in a shared weights folder.
+os.environ.setdefault('SEMSEG_ROS_EXPORT_CACHE', str(ROOT / 'build' / 'runtimes'))
 # Test graphs discover on this host only: a run never sees another machine's nodes.
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.pop('ROS_STATIC_PEERS', None)

@@ -64,6 +64,17 @@ def cache_dir():
     return os.path.abspath(os.path.expanduser(path))
 
 
+def export_cache_dir():
+    """
+    Return the folder of runtime exports: $SEMSEG_ROS_EXPORT_CACHE, else <cache_dir()>/runtimes.
+
+    A separate setting, so that a read-only weights folder (shared test assets, a mounted
+    model store) can serve the weights while the exports go somewhere writable.
+    """
+    path = os.environ.get('SEMSEG_ROS_EXPORT_CACHE') or os.path.join(cache_dir(), 'runtimes')
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def url_of(spec):
     """
     Return the URL to download ``spec`` from.

@@ -18,7 +18,7 @@ from semseg_ros.core.runtimes.base import available, import_runtime, Reporter, R
 from semseg_ros.core.runtimes.base import RuntimeChoice, RuntimeSetupError, thread_budget
 from semseg_ros.core.runtimes.export import SUBFOLDER
 from semseg_ros.core.runtimes.model import RuntimeModel
-from semseg_ros.core.weights import cache_dir
+from semseg_ros.core.weights import export_cache_dir
 import torch
 
 # CPU runtimes `auto` tries beside torch (the first one when there is no input size to race
@@ -78,7 +78,8 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
     runtime: one of RUNTIMES, or None for the model as its backend built it.
     input_size (width, height), when known, is exported and checked now (so a fallback to
     torch shows at start-up); other sizes are exported on first use. cache: the folder of the
-    exports (default <cache_dir()>/runtimes). A runtime that is missing or cannot run on the
+    exports (default $SEMSEG_ROS_EXPORT_CACHE, else <cache_dir()>/runtimes). A runtime that
+    is missing or cannot run on the
     device raises RuntimeSetupError; an export that fails or does not match torch falls back
     to torch with a warning.
     """
@@ -99,7 +100,7 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
     if runtime == 'torch':
         return RuntimeChoice('torch', requested, reason, model=model)
     threads = thread_budget()
-    folder = cache if cache is not None else os.path.join(cache_dir(), SUBFOLDER)
+    folder = cache if cache is not None else export_cache_dir()
     onnx_file = model.path if isinstance(model, OnnxModel) else None
     if requested == 'auto' and input_size and not onnx_file:
         return fastest(model, device, input_size, upsample, threads, folder, report)

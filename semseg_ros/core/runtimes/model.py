@@ -16,7 +16,8 @@ from semseg_ros.core.runtimes import export as onnx_export
 from semseg_ros.core.runtimes.base import ExportError, RuntimeSetupError
 import torch
 
-ATTRIBUTES = ('num_classes', 'preprocess', 'class_set', 'classes', 'name')
+ATTRIBUTES = ('num_classes', 'preprocess', 'class_set', 'classes', 'name', 'backend',
+              'output_kind', 'warnings')
 
 
 def own_logits(model):
@@ -32,7 +33,8 @@ class RuntimeModel(SegmentationModel):
         super().__init__()
         self.source = source
         for attr in ATTRIBUTES:
-            setattr(self, attr, getattr(source, attr, None))
+            if hasattr(source, attr):
+                setattr(self, attr, getattr(source, attr))
         self.runtime = runtime
         self.device = device
         self.threads = int(threads)
