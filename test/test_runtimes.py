@@ -75,6 +75,7 @@ class Log:
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv('SEMSEG_ROS_CACHE', str(tmp_path))
+    monkeypatch.delenv('SEMSEG_ROS_EXPORT_CACHE', raising=False)  # default: <cache>/runtimes
     return tmp_path / 'runtimes'
 
 

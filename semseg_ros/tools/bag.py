@@ -561,21 +561,32 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def run_tool(tool, work, args, errors):
+    """
+    Run work(args) for a bag-writing command; return (exit status, result or None).
+
+    SIGTERM counts as Ctrl-C (the partial bag is removed by work); errors (an exception type
+    or a tuple of them) print one line and give status 1, an interruption 130.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return 0, work(args)
+    except errors as exc:
+        print(f'{tool}: error: {exc}', file=sys.stderr)
+        return 1, None
+    except KeyboardInterrupt:
+        print(f'{tool}: interrupted; no bag written ({args.output})', file=sys.stderr)
+        return 130, None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     """Run the command line tool; return the exit status."""
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        result = run(args)
-    except BagError as exc:
-        print(f'semseg-ros-bag: error: {exc}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f'semseg-ros-bag: interrupted; no output bag written ({args.output})',
-              file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    status, result = run_tool('semseg-ros-bag', run, args, BagError)
+    if status:
+        return status
     for topic, (frames, skipped, errors) in sorted(result['topics'].items()):
         if skipped or errors:
             print(f'  {topic}: {frames} frames, {skipped} skipped, {errors} errors')

@@ -19,7 +19,6 @@ Exit status: 0 when OUTPUT is a complete bag, 1 otherwise (a partial bag is remo
 
 import argparse
 from pathlib import Path
-import signal
 import sys
 import time
 
@@ -35,6 +34,7 @@ from semseg_ros.tools.bag import COMPRESSED
 from semseg_ros.tools.bag import IMAGE
 from semseg_ros.tools.bag import image_message
 from semseg_ros.tools.bag import remove_bag
+from semseg_ros.tools.bag import run_tool
 from semseg_ros.tools.bag import STORAGES
 from semseg_ros.tools.camera_source import FrameSource
 from semseg_ros.tools.camera_source import SourceError
@@ -223,26 +223,12 @@ def summary_line(result):
             + ', '.join(result['topics']))
 
 
-def _interrupt(signum, frame):
-    """Turn SIGTERM into KeyboardInterrupt, so that the partial bag is removed."""
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     """Run the command line tool; return the exit status."""
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        result = make_bag(args)
-    except MakeBagError as exc:
-        print(f'semseg-ros-make-bag: error: {exc}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f'semseg-ros-make-bag: interrupted; no bag written ({args.output})',
-              file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    status, result = run_tool('semseg-ros-make-bag', make_bag, args, MakeBagError)
+    if status:
+        return status
     print(summary_line(result))
     return 0
 

@@ -259,9 +259,11 @@ def gate_and_deploy(args, card_path, base, base_classes, classes, val_items, tab
     result.update({'output': str(out), 'loader': loader, 'deployed': False})
     if args.deploy:
         if result['passed']:
-            from semseg_ros.tools import deploy
-            deploy.deploy(args.deploy, str(out.resolve()), timeout=args.deploy_timeout,
-                          log=log)
+            from semseg_ros import deploy  # rclpy: needed only here
+            answer = deploy.deploy(args.deploy, str(out.resolve()), timeout=args.deploy_timeout)
+            if not answer.successful:
+                raise deploy.DeployError(f'{args.deploy} kept its model: {answer.reason}')
+            log(f'deployed: {args.deploy} runs {out} ({answer.seconds:.1f} s)')
             result['deployed'] = True
         else:
             log(f'gate failed: {out} is NOT deployed to {args.deploy}')

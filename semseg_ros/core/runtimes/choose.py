@@ -10,13 +10,11 @@ for by name: its engine builds take minutes). An ``onnx`` backend model runs on 
 The choice and its reason are returned for the log and diagnostics.
 """
 
-import os
 
 from semseg_ros.core.models.onnx import OnnxModel
 from semseg_ros.core.runtimes import export as onnx_export
 from semseg_ros.core.runtimes.base import available, import_runtime, Reporter, RUNTIMES
 from semseg_ros.core.runtimes.base import RuntimeChoice, RuntimeSetupError, thread_budget
-from semseg_ros.core.runtimes.export import SUBFOLDER
 from semseg_ros.core.runtimes.model import RuntimeModel
 from semseg_ros.core.weights import export_cache_dir
 import torch
