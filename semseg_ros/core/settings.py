@@ -63,9 +63,10 @@ PARAMETERS = (
          change='swap'),
     Spec('model.allow_pickle', False, 'Allow model files that are Python pickles (Ultralytics '
          '.pt): they can run code when loaded. Only for files you trust.', change='swap'),
-    Spec('model.runtime', 'auto', 'What executes the model: auto (CPU: the fastest of torch, '
-         "onnxruntime and openvino timed at start-up, among exports whose labels match torch's; "
-         'CUDA: torch), torch, onnxruntime, openvino, tensorrt (CUDA, onnxruntime-gpu with '
+    Spec('model.runtime', 'auto', 'What executes the model: auto (CPU and a fixed input '
+         'size: the fastest of torch, onnxruntime and openvino timed at start-up, among exports '
+         "whose labels match torch's; a model at each frame's size or CUDA: torch), torch, "
+         'onnxruntime, openvino, tensorrt (CUDA, onnxruntime-gpu with '
          'TensorRT; fp16 with precision fp16). Exports are cached in the cache directory. See '
          'docs/PERFORMANCE.md.',
          choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt'), change='swap'),

@@ -92,6 +92,12 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
         if isinstance(model, OnnxModel) and device.type != 'cpu':
             # The backend's own session picks the GPU providers this onnxruntime has.
             return RuntimeChoice('onnxruntime', requested, reason, model=model)
+        if runtime != 'torch' and not input_size and not isinstance(model, OnnxModel):
+            # Each new frame size would be exported (seconds) while frames wait: auto never
+            # stalls the stream; an explicit runtime or a fixed input size exports up front.
+            return RuntimeChoice(
+                'torch', requested, 'auto: the model runs at the size of each frame (set '
+                'model.input_width/height to export once and race the runtimes)', model=model)
     else:
         reason = 'requested'
     check_request(runtime, model, device, precision, compiled)
