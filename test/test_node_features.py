@@ -206,7 +206,10 @@ def test_three_cameras_batched_with_their_own_headers(tiny_model):
         assert int(values['frames total']) >= 6, values  # a probe and a frame per camera
         totals = {k: float(values[f'{k} total (s)']) for k in WorkStats.STAGES + ('busy',)}
         assert totals['inference'] > 0.0
-        assert sum(totals[k] for k in WorkStats.STAGES) <= totals['busy'] + 1e-3
+        # Each total is printed to 1 ms: the rounded stages may exceed the rounded busy time
+        # by half a millisecond per value.
+        slack = 0.0005 * (len(WorkStats.STAGES) + 1)
+        assert sum(totals[k] for k in WorkStats.STAGES) <= totals['busy'] + slack
     finally:
         for harness in harnesses.values():
             harness.close()
