@@ -29,9 +29,6 @@ import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
-from diagnostic_msgs.msg import DiagnosticStatus
-from diagnostic_msgs.msg import KeyValue
-import numpy as np
 from rcl_interfaces.msg import FloatingPointRange
 from rcl_interfaces.msg import IntegerRange
 from rcl_interfaces.msg import ParameterDescriptor
@@ -49,6 +46,7 @@ from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
 from rclpy.task import Future
+from semseg_ros import diagnostics
 from semseg_ros import guard
 from semseg_ros.core import ground
 from semseg_ros.core import memory
@@ -56,6 +54,8 @@ from semseg_ros.core import pipeline
 from semseg_ros.core import settings as cfg
 from semseg_ros.core import swap
 from semseg_ros.core.engine import Frame
+from semseg_ros.diagnostics import CameraStats
+from semseg_ros.diagnostics import WorkStats
 from semseg_ros.executor import FramesInlineExecutor
 from semseg_ros.grid import GroundGrid
 from semseg_ros.guard import transition
@@ -68,7 +68,6 @@ from semseg_ros.io.image import is_jpeg
 from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-import yaml
 
 OUTPUT_TOPICS = {
     'label': 'segmentation/label',
@@ -80,11 +79,7 @@ OUTPUT_TOPICS = {
 LABEL_INFO_TOPIC = 'segmentation/label_info'
 OUTPUT_ENCODINGS = {'color': 'rgb8', 'overlay': 'rgb8', 'drivable': 'mono8',
                     'confidence': 'mono8'}
-LATENCY_WINDOW = 200
-# Consecutive failed frames after which diagnostics report ERROR instead of WARN.
-ERROR_STREAK = 5
 INPUT_CHECK_PERIOD = 0.2  # seconds between checks for output subscribers (lazy_input)
-CALLBACK_WARN_SECONDS = 60.0  # a failed callback keeps the node's status WARN this long
 CHANGE_NOTES = {
     'configure': 'Takes effect on the next configure (or a restart).',
     'restart': 'Read-only: needs a restart.',
@@ -135,65 +130,6 @@ def label_info_message(classes, header):
                      for i, name in enumerate(classes.names)]
     msg.threshold = 0.0
     return msg
-
-
-class CameraStats:
-    """Counters and latency samples of one camera, for diagnostics."""
-
-    def __init__(self):
-        self.received = 0
-        self.processed = 0
-        self.dropped = 0
-        self.skipped = 0  # no subscriber for any enabled output
-        self.errors = 0
-        self.error_streak = 0
-        self.last_error = ''
-        self.last_input = None  # monotonic time of the last frame
-        self.latency = []  # stamp to publish, seconds
-        self.window_start = time.monotonic()
-        self.window_in = 0
-        self.window_out = 0
-
-    def add_latency(self, seconds):
-        """Record one stamp-to-publish latency."""
-        self.latency.append(seconds)
-        if len(self.latency) > LATENCY_WINDOW:
-            del self.latency[:len(self.latency) - LATENCY_WINDOW]
-
-
-class WorkStats:
-    """Where the worker thread's time goes: cumulative seconds per stage, and a busy window."""
-
-    STAGES = ('decode', 'preprocess', 'inference', 'postprocess', 'publish')
-
-    def __init__(self):
-        self.totals = dict.fromkeys(self.STAGES + ('busy',), 0.0)
-        self.frames = 0
-        self.window = dict.fromkeys(self.STAGES + ('busy',), 0.0)
-        self.window_frames = 0
-        self.window_start = time.monotonic()
-
-    def add(self, seconds, frames):
-        """Add one batch: seconds per stage (and 'busy', the whole batch) for `frames` frames."""
-        for key, value in seconds.items():
-            self.totals[key] += value
-            self.window[key] += value
-        self.frames += frames
-        self.window_frames += frames
-
-    def values(self, now):
-        """Return the diagnostics values and start a new window."""
-        elapsed = max(now - self.window_start, 1e-6)
-        values = {'worker busy (%)': f'{100.0 * min(self.window["busy"] / elapsed, 1.0):.0f}'}
-        if self.window_frames:
-            values.update({f'{k} (ms/frame)': f'{1000.0 * self.window[k] / self.window_frames:.1f}'
-                           for k in self.STAGES})
-        values.update({f'{k} total (s)': f'{v:.3f}' for k, v in self.totals.items()})
-        values['frames total'] = str(self.frames)
-        self.window = dict.fromkeys(self.window, 0.0)
-        self.window_frames = 0
-        self.window_start = now
-        return values
 
 
 class Camera:
@@ -696,108 +632,23 @@ class SegmentationNode(LifecycleNode):
     def _publish_diagnostics(self):
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        node_status = self._node_status()
+        name = self.get_fully_qualified_name()
+        node_status = diagnostics.node_status(
+            name, self.error, bool(self.cameras), guard.sim_clock_problem(self.get_clock()),
+            self.callback_guard, self.get_parameter('model.backend').value)
         if node_status is not None:
             array.status.append(node_status)
         with self._cond:
             work = self._work.values(time.monotonic())
         for camera in list(self.cameras):
-            array.status.append(self._camera_status(camera, work))
+            array.status.append(diagnostics.camera_status(
+                name, camera, self._cond, work, self._active, self.segmenter, self.settings,
+                self.grid))
         seg, settings = self.segmenter, self.settings
         if seg is not None:
-            level, message, values = self.swapper.report()
-            values.update({'backend': settings.backend, 'weights': settings.weights,
-                           'classes': swap.class_summary(seg.classes)})
-            array.status.append(DiagnosticStatus(
-                name=f'{self.get_fully_qualified_name()}: model', hardware_id=str(seg.device),
-                level=getattr(DiagnosticStatus, level), message=message,
-                values=[KeyValue(key=k, value=v) for k, v in values.items()]))
+            array.status.append(
+                diagnostics.model_status(name, seg, settings, self.swapper.report()))
         self.diagnostics.publish(array)
-
-    def _node_status(self):
-        """Return the node's own status, or None when configured and nothing to report."""
-        clock = guard.sim_clock_problem(self.get_clock())
-        callbacks = self.callback_guard
-        failing = callbacks.recent(CALLBACK_WARN_SECONDS)
-        if self.cameras and not (self.error or clock or failing):
-            return None
-        status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: node',
-                                  hardware_id='none')
-        if self.error:
-            status.level, status.message = DiagnosticStatus.ERROR, self.error
-        elif not self.cameras:
-            status.level, status.message = DiagnosticStatus.WARN, 'unconfigured'
-        elif clock:
-            status.level, status.message = DiagnosticStatus.WARN, clock
-        else:  # a callback failed lately
-            status.level = DiagnosticStatus.WARN
-            status.message = f'{callbacks.count} callbacks failed (last: {callbacks.last})'
-        values = {'model': self.get_parameter('model.backend').value, 'clock': clock or 'ok'}
-        values.update(callbacks.values())
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        return status
-
-    def _camera_status(self, camera, work):
-        seg = self.segmenter
-        now = time.monotonic()
-        with self._cond:
-            stats = camera.stats
-            elapsed = max(now - stats.window_start, 1e-6)
-            in_rate = stats.window_in / elapsed
-            out_rate = stats.window_out / elapsed
-            stats.window_in = stats.window_out = 0
-            stats.window_start = now
-            latency = np.array(stats.latency) * 1000.0
-            last_input = stats.last_input
-        status = DiagnosticStatus()
-        status.name = f'{self.get_fully_qualified_name()}: camera {camera.name}'
-        status.hardware_id = str(seg.device) if seg else 'none'
-        subscribed = camera.subscription is not None
-        # Stale counts from the newer of the last frame and the (re)subscription.
-        since = max(last_input or 0.0, camera.subscribed_at or 0.0)
-        if stats.error_streak >= ERROR_STREAK:
-            status.level = DiagnosticStatus.ERROR
-            status.message = f'{stats.error_streak} frames failed in a row: {stats.last_error}'
-        elif not self._active:
-            status.level = DiagnosticStatus.WARN
-            status.message = 'inactive'
-        elif not subscribed:
-            status.level = DiagnosticStatus.OK
-            status.message = 'idle: no subscriber, input not subscribed (lazy_input)'
-        elif now - since > self.settings.stale_timeout:
-            status.level = DiagnosticStatus.WARN
-            status.message = 'stale: no input' if last_input is None or last_input < since \
-                else f'stale: no input for {now - last_input:.1f} s'
-        elif stats.error_streak:
-            status.level = DiagnosticStatus.WARN
-            status.message = f'errors: {stats.errors} (last: {stats.last_error})'
-        else:
-            status.level = DiagnosticStatus.OK
-            status.message = 'ok'
-        values = {
-            'input rate (Hz)': f'{in_rate:.2f}',
-            'output rate (Hz)': f'{out_rate:.2f}',
-            'latency p50 (ms)': f'{np.percentile(latency, 50):.1f}' if latency.size else 'n/a',
-            'latency p95 (ms)': f'{np.percentile(latency, 95):.1f}' if latency.size else 'n/a',
-            'frames received': str(stats.received),
-            'frames processed': str(stats.processed),
-            'frames dropped': str(stats.dropped),
-            'frames skipped (no subscriber)': str(stats.skipped),
-            'input subscribed': str(subscribed).lower(),
-            'errors': str(stats.errors),
-            'last error': stats.last_error,
-            'device': str(seg.device) if seg else 'none',
-            'model': self.settings.backend,
-            'runtime': seg.runtime.summary() if seg else 'none',
-        }
-        values.update(work)  # the worker's time, shared by all cameras of the node
-        if self.grid is not None:
-            level, values['grid'] = self.grid.camera_status(camera.name)
-            values['grids published'] = str(self.grid.published)
-            if level > status.level:  # a grid waiting or refused is never 'ok'
-                status.level, status.message = level, f'grid: {values["grid"]}'
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        return status
 
     def destroy_node(self):
         """Stop the worker thread, then destroy the node."""
@@ -807,32 +658,10 @@ class SegmentationNode(LifecycleNode):
         return super().destroy_node()
 
 
-def check_command_line(argv):
-    """
-    Check the -p name:=value overrides of our parameters; return the error messages.
-
-    rcl drops an override whose type differs from the value a params file gives the same
-    parameter, silently; checking the raw text here reports it instead.
-    """
-    errors = []
-    args = list(argv or [])
-    for flag, item in zip(args, args[1:]):
-        if flag not in ('-p', '--param'):
-            continue
-        name, sep, text = item.partition(':=')
-        if not sep or cfg.spec_of(name) is None:
-            continue
-        try:
-            cfg.check(name, yaml.safe_load(text) if text.strip() else '')
-        except Exception as exc:  # noqa: B902 - SettingsError, or YAML the check cannot read
-            errors.append(str(exc) if name in str(exc) else f'parameter {name}: {exc}')
-    return errors
-
-
 def main(args=None):
     """Run the node; accepts standard --ros-args (params files, remaps)."""
     rclpy.init(args=args)
-    node = SegmentationNode(startup_errors=check_command_line(
+    node = SegmentationNode(startup_errors=cfg.check_command_line(
         sys.argv if args is None else args))
     # Frames and diagnostics (node.frames_group) go on while a parameter call waits for a
     # model swap.

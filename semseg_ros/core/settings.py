@@ -436,3 +436,25 @@ def find_params_file():
 def load_params_file(path, node_name='semseg'):
     """Read a ROS 2 params YAML and return Settings for node_name (or the '/**' section)."""
     return from_values(params_file_values(path, node_name))
+
+
+def check_command_line(argv):
+    """
+    Check the -p name:=value overrides of our parameters; return the error messages.
+
+    rcl drops an override whose type differs from the value a params file gives the same
+    parameter, silently; checking the raw text here reports it instead.
+    """
+    errors = []
+    args = list(argv or [])
+    for flag, item in zip(args, args[1:]):
+        if flag not in ('-p', '--param'):
+            continue
+        name, sep, text = item.partition(':=')
+        if not sep or spec_of(name) is None:
+            continue
+        try:
+            check(name, yaml.safe_load(text) if text.strip() else '')
+        except Exception as exc:  # noqa: B902 - SettingsError, or YAML the check cannot read
+            errors.append(str(exc) if name in str(exc) else f'parameter {name}: {exc}')
+    return errors
