@@ -205,7 +205,8 @@ def test_three_cameras_batched_with_their_own_headers(tiny_model):
         assert int(values['frames total']) == sum(int(v['frames processed']) for v in statuses)
         assert int(values['frames total']) >= 6, values  # a probe and a frame per camera
         totals = {k: float(values[f'{k} total (s)']) for k in WorkStats.STAGES + ('busy',)}
-        assert totals['inference'] > 0.0
+        # The test model's inference can total under the 1 ms the values are printed to.
+        assert totals['busy'] > 0.0 and min(totals.values()) >= 0.0, totals
         # Each total is printed to 1 ms: the rounded stages may exceed the rounded busy time
         # by half a millisecond per value.
         slack = 0.0005 * (len(WorkStats.STAGES) + 1)
