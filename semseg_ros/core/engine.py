@@ -24,7 +24,10 @@ OUTPUTS = ('label', 'color', 'overlay', 'drivable', 'confidence')
 # Outputs that need the argmax label map.
 LABEL_OUTPUTS = frozenset(('label', 'color', 'overlay', 'drivable'))
 COLORS = ('rgb', 'bgr', 'rgba', 'bgra', 'mono')
-PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+# Precision -> the dtype torch computes in (autocast for fp16/bf16; int8 runs a quantized
+# model on OpenVINO, see core/runtimes/int8.py, and torch stays in fp32).
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16,
+              'int8': torch.float32}
 UPSAMPLE_MODES = ('logits', 'labels')
 # What a model's forward returns: logits or probabilities (N, C, h, w), or class ids
 # (N, h, w) / (N, 1, h, w) integers from an argmax inside the model.
@@ -127,7 +130,8 @@ class Segmenter:
 
     def __init__(self, model, classes, device='auto', precision='fp32', input_size=None,
                  upsample='logits', channels_last=False, overlay_alpha=0.5, warmup=True,
-                 pinned_memory=True, compiled=False, max_batch=0, runtime=None, report=None):
+                 pinned_memory=True, compiled=False, max_batch=0, runtime=None, report=None,
+                 int8=None):
         """
         Put the model on the device, check it against the class set and warm it up.
 
@@ -135,7 +139,8 @@ class Segmenter:
         without one runs at each frame's size (padded to its size divisor). runtime: what
         executes the model (see core/runtimes; None = the model as built); the choice and its
         reason end up in ``self.runtime``. report: a runtimes.Reporter for its progress lines
-        and warnings.
+        and warnings. int8: with precision int8, a dict of the int8.* settings
+        (calibration_folder, validation_folder, max_miou_drop, calibration_frames).
         """
         if precision not in PRECISIONS:
             raise EngineError(f'precision must be one of {", ".join(PRECISIONS)}, '
@@ -174,18 +179,22 @@ class Segmenter:
         self.preprocess = spec
         size = tuple(input_size) if input_size else spec.input_size
         self.input_size = self._round_size(size) if size else None
-        self.runtime = runtimes.prepare(
-            self.model, runtime, self.device, self.input_size, upsample, precision, compiled,
-            report=report)
-        self.model = self.runtime.model
-        if compiled:
-            compile_model(self.model)
         self._upload = _Uploader(self.device, pinned_memory)
         # y = x * gain + bias, per channel, in the model's channel order.
         std = torch.tensor(spec.std, dtype=torch.float32)
         mean = torch.tensor(spec.mean, dtype=torch.float32)
         self._gain = (spec.scale / std).view(3, 1, 1).to(self.device)
         self._bias = (-mean * spec.scale / std).view(3, 1, 1).to(self.device)
+        plan = None
+        if precision == 'int8':
+            plan = runtimes.Int8Plan(**(int8 or {}), to_batch=self.model_input,
+                                     classes=classes)
+        self.runtime = runtimes.prepare(
+            self.model, runtime, self.device, self.input_size, upsample, precision, compiled,
+            report=report, int8=plan)
+        self.model = self.runtime.model
+        if compiled:
+            compile_model(self.model)
         self._lock = threading.Lock()
         self.set_overlay_alpha(overlay_alpha)
         self.set_classes(classes)
@@ -227,6 +236,11 @@ class Segmenter:
         w, h = size or self.input_size or (64 * self.preprocess.size_divisor,) * 2
         self.process([Frame(np.zeros((h, w, 3), np.uint8), 'rgb')], ('label',))
         self.frames = 0
+
+    def model_input(self, rgb):
+        """Return the model input (1, 3, h, w) of an RGB uint8 frame, as process() makes it."""
+        _, chw = self._to_chw(Frame(rgb, 'rgb'))
+        return self._batch([chw])[0][0]
 
     # Stages.
     def _to_chw(self, frame):

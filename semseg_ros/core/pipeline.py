@@ -77,7 +77,7 @@ def build_segmenter(settings, log=None, warn=None):
         input_size=settings.input_size, upsample=settings.upsample,
         channels_last=settings.channels_last, overlay_alpha=settings.overlay_alpha,
         warmup=settings.warmup, compiled=settings.compiled, max_batch=settings.max_batch,
-        runtime=settings.runtime, report=Reporter(log, warn))
+        runtime=settings.runtime, report=Reporter(log, warn), int8=settings.int8)
     if log is not None:
         log(describe(segmenter, settings))
     if warn is not None:

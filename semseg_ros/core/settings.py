@@ -79,8 +79,21 @@ PARAMETERS = (
          'cheaper).', choices=('logits', 'labels'), change='swap'),
     Spec('device', 'auto', "Torch device: 'auto' (CUDA when available, else CPU), 'cpu', "
          "'cuda' or 'cuda:N'.", change='swap'),
-    Spec('precision', 'fp32', 'Inference precision (fp16/bf16 use autocast).',
-         choices=('fp32', 'fp16', 'bf16'), change='swap'),
+    Spec('precision', 'fp32', 'Inference precision: fp32; fp16/bf16 (torch autocast; fp16 '
+         'also on tensorrt); int8 (CPU, OpenVINO: the export quantized with NNCF on frames of '
+         'int8.calibration_folder, accepted only where the mIoU drops by at most '
+         'int8.max_miou_drop, else fp32 with a warning; needs a fixed input size).',
+         choices=('fp32', 'fp16', 'bf16', 'int8'), change='swap'),
+    Spec('int8.calibration_folder', '', 'precision int8: folder of camera frames (png, jpg; '
+         'or a dataset with images/) to calibrate the quantization on.', change='swap'),
+    Spec('int8.validation_folder', '', 'precision int8: a labelled dataset (images/, labels/ '
+         "of the model's class ids) on which the mIoU drop is measured; empty: held-out "
+         "calibration frames against the fp32 model's own labels (stricter).", change='swap'),
+    Spec('int8.max_miou_drop', 0.01, 'precision int8: largest mIoU drop accepted; layers go '
+         'back to fp32 until the drop is within it, or int8 is refused.', low=0.0, high=1.0,
+         change='swap'),
+    Spec('int8.calibration_frames', 64, 'precision int8: frames of the calibration folder '
+         'used (spread over it).', low=1, high=10000, change='swap'),
     Spec('channels_last', False, 'Use the channels_last memory format (faster convolutions '
          'on recent GPUs).', change='swap'),
     Spec('warmup', True, 'Run one blank frame through the model at start-up.', change='swap'),
@@ -229,6 +242,7 @@ class Settings:
     upsample: str = 'logits'
     device: str = 'auto'
     precision: str = 'fp32'
+    int8: Optional[dict] = None  # Int8Plan fields when precision is int8, else None
     channels_last: bool = False
     warmup: bool = True
     compiled: bool = False
@@ -339,6 +353,7 @@ def from_values(values):
         upsample=v['model.upsample'],
         device=v['device'],
         precision=v['precision'],
+        int8=_int8(v),
         channels_last=v['channels_last'],
         warmup=v['warmup'],
         compiled=v['compile'],
@@ -368,6 +383,20 @@ def from_values(values):
         obstacles=v['grid.obstacles'],
         values=v,
     )
+
+
+def _int8(v):
+    """Return the int8 plan fields of precision int8 (a calibration folder is required)."""
+    if v['precision'] != 'int8':
+        return None
+    folder = v['int8.calibration_folder'].strip()
+    if not folder:
+        raise SettingsError('parameter int8.calibration_folder: precision int8 needs frames '
+                            "to calibrate on (a folder of the robot's camera images)")
+    return {'calibration_folder': folder,
+            'validation_folder': v['int8.validation_folder'].strip(),
+            'max_miou_drop': v['int8.max_miou_drop'],
+            'calibration_frames': v['int8.calibration_frames']}
 
 
 def _camera_poses(v, cameras):

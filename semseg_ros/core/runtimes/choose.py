@@ -7,6 +7,7 @@ size, and the fastest wins; the timings are kept in the export's record (per mac
 count and versions), so later starts do not race again. Without a fixed input size, the first
 such runtime runs (exported per frame size on first use). On CUDA, torch (``tensorrt`` is asked
 for by name: its engine builds take minutes). An ``onnx`` backend model runs on onnxruntime.
+``precision: int8`` runs on OpenVINO on the CPU, at a fixed input size (core/runtimes/int8.py).
 The choice and its reason are returned for the log and diagnostics.
 """
 
@@ -28,6 +29,8 @@ def auto_runtime(model, device, precision='fp32', compiled=False):
     """Return (runtime, reason) that ``auto`` picks before any export is tried."""
     if isinstance(model, OnnxModel):
         return 'onnxruntime', 'auto: an ONNX model'
+    if precision == 'int8':
+        return 'openvino', 'auto: precision int8 runs on OpenVINO (NNCF quantization)'
     if device.type != 'cpu':
         return 'torch', (f'auto: {device.type.upper()} device runs torch (model.runtime '
                          'tensorrt asks for TensorRT)')
@@ -55,6 +58,13 @@ def check_request(runtime, model, device, precision, compiled):
     if compiled:
         raise RuntimeSetupError(f'compile (torch.compile) needs model.runtime torch, not '
                                 f'{runtime}')
+    if precision == 'int8':
+        if runtime != 'openvino' or device.type != 'cpu':
+            raise RuntimeSetupError(
+                f'precision int8 runs on OpenVINO on the CPU here (model.runtime auto or '
+                f'openvino, device cpu), not on {runtime} on {device}')
+        import_runtime(runtime)
+        return
     if precision != 'fp32' and not (runtime == 'tensorrt' and precision == 'fp16'):
         raise RuntimeSetupError(
             f'precision {precision} with model.runtime {runtime}: {runtime} runs fp32 here '
@@ -69,7 +79,7 @@ def check_request(runtime, model, device, precision, compiled):
 
 
 def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logits',
-            precision='fp32', compiled=False, cache=None, report=None):
+            precision='fp32', compiled=False, cache=None, report=None, int8=None):
     """
     Return the RuntimeChoice for a model on a device; its ``model`` is what the engine runs.
 
@@ -79,11 +89,13 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
     exports (default $SEMSEG_ROS_EXPORT_CACHE, else <cache_dir()>/runtimes). A runtime that
     is missing or cannot run on the
     device raises RuntimeSetupError; an export that fails or does not match torch falls back
-    to torch with a warning.
+    to torch with a warning. int8: the int8.Int8Plan of precision int8 (needs input_size).
     """
     device = torch.device(device)
     report = report or Reporter()
     requested = runtime
+    if runtime is None and precision == 'int8':
+        runtime = requested = 'auto'  # int8 needs a runtime that runs the quantized model
     if runtime is None:  # the model as its backend built it (engine default)
         own = 'onnxruntime' if isinstance(model, OnnxModel) else 'torch'
         return RuntimeChoice(own, 'none', 'as built', model=model)
@@ -92,7 +104,8 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
         if isinstance(model, OnnxModel) and device.type != 'cpu':
             # The backend's own session picks the GPU providers this onnxruntime has.
             return RuntimeChoice('onnxruntime', requested, reason, model=model)
-        if runtime != 'torch' and not input_size and not isinstance(model, OnnxModel):
+        if runtime != 'torch' and not input_size and not isinstance(model, OnnxModel) \
+                and precision != 'int8':
             # Each new frame size would be exported (seconds) while frames wait: auto never
             # stalls the stream; an explicit runtime or a fixed input size exports up front.
             return RuntimeChoice(
@@ -101,6 +114,9 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
     else:
         reason = 'requested'
     check_request(runtime, model, device, precision, compiled)
+    if precision == 'int8':
+        return prepare_int8(model, device, input_size, upsample, cache, report, int8,
+                            requested, reason)
     if runtime == 'torch':
         return RuntimeChoice('torch', requested, reason, model=model)
     threads = thread_budget()
@@ -123,6 +139,38 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
         figures = wrapped.parity.get(key)
         if figures:
             choice.reason += f', labels {100.0 * figures["agreement"]:.2f} % equal'
+    return choice
+
+
+def prepare_int8(model, device, input_size, upsample, cache, report, plan, requested, reason):
+    """Return the choice of precision int8: OpenVINO running the quantized export."""
+    from semseg_ros.core.runtimes import int8
+    if not input_size:
+        raise RuntimeSetupError('precision int8 needs a fixed input size (the quantized model '
+                                'is made for one): set model.input_width and input_height')
+    if plan is None:
+        raise RuntimeSetupError('precision int8 needs int8.calibration_folder (frames to '
+                                'calibrate on)')
+    int8.check_plan(plan)
+    threads = thread_budget()
+    folder = cache if cache is not None else export_cache_dir()
+    onnx_file = model.path if isinstance(model, OnnxModel) else None
+    wrapped = RuntimeModel(model, 'openvino', device, threads, report, folder,
+                           onnx_file=onnx_file, int8=plan)
+    choice = RuntimeChoice('openvino', requested, reason, threads=threads, model=wrapped)
+    wrapped.choice = choice
+    width, height = input_size
+    key = (wrapped.entry(upsample), int(height), int(width))
+    wrapped.prime(*key)
+    if key in wrapped.fallbacks:
+        why = wrapped.fallbacks[key]
+        raise RuntimeSetupError(f'precision int8: the OpenVINO export cannot be used ({why}); '
+                                'set precision to fp32')
+    accepted, detail = wrapped.int8_results[key]
+    if accepted:
+        choice.reason += f', int8: {detail["reason"]}'
+    else:
+        choice.reason += f', fp32: {detail}'
     return choice
 
 

@@ -5,9 +5,12 @@ Per entry point and input size it holds one runner: the ONNX export of the torch
 the cache folder, or exported and checked against torch on a sample frame) run by
 onnxruntime, OpenVINO or TensorRT; where the export fails or its labels differ from torch's
 on more than 0.1 % of the pixels, the torch model itself, with a warning. An ``onnx``
-backend model is run from its own file. The engine calls it like any model.
+backend model is run from its own file. With an int8 plan (OpenVINO), the checked export is
+quantized (core/runtimes/int8.py); a refused quantization runs the fp32 export. The engine
+calls it like any model.
 """
 
+import hashlib
 import os
 import tempfile
 
@@ -29,7 +32,7 @@ class RuntimeModel(SegmentationModel):
     """Run ``source`` with a runtime: exported per (entry, height, width) on first use."""
 
     def __init__(self, source, runtime, device, threads, report, cache, fp16=False,
-                 onnx_file=None):
+                 onnx_file=None, int8=None):
         super().__init__()
         self.source = source
         for attr in ATTRIBUTES:
@@ -42,6 +45,8 @@ class RuntimeModel(SegmentationModel):
         self.cache = cache
         self.fp16 = bool(fp16)
         self.onnx_file = onnx_file
+        self.int8 = int8  # an int8.Int8Plan, or None for fp32
+        self.int8_results = {}  # (entry, h, w) -> (accepted, figures or reason)
         self._folder_ok = False
         self.choice = None  # the RuntimeChoice that describes this model (set by prepare)
         self.runners = {}  # (entry, h, w) -> callable
@@ -94,6 +99,10 @@ class RuntimeModel(SegmentationModel):
         if self.runtime != 'onnxruntime':
             sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
             self._check(('forward',) + shape, onnx_export.parity(source_run, runner, sample))
+        if self.int8 is not None:
+            with open(self.onnx_file, 'rb') as f:
+                key = hashlib.sha256(f.read()).hexdigest()
+            return self._quantized(self.onnx_file, key, ('forward',) + shape, runner)
         return runner
 
     def _from_export(self, entry, torch_run, shape):
@@ -122,7 +131,24 @@ class RuntimeModel(SegmentationModel):
             record.setdefault('parity', {})[tag] = figures
             onnx_export.write_record(record_path, record)
         self._check((entry,) + shape, figures)
+        if self.int8 is not None:
+            return self._quantized(path, key, (entry,) + shape, runner)
         return runner
+
+    def _quantized(self, onnx_path, source_key, key, fp32_runner):
+        """Return the int8 runner of a checked export, or the fp32 one where int8 is refused."""
+        from semseg_ros.core.runtimes import int8
+        try:
+            path, figures = int8.quantized(onnx_path, source_key, self.int8, self._folder(),
+                                           self.report)
+        except int8.Int8Refused as exc:
+            self.int8_results[key] = (False, str(exc))
+            self.report.warning(f'precision int8: {self.name} at {key[2]}x{key[1]} runs in '
+                                f'fp32 ({self.runtime}) instead: {exc}')
+            return fp32_runner
+        self.int8_results[key] = (True, figures)
+        self.report.info(f'precision int8: {figures["reason"]}')
+        return self.make_runner(path)
 
     def _check(self, key, figures):
         """Raise ExportError unless the runtime's labels match enough of torch's."""

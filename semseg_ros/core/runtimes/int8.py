@@ -1,0 +1,259 @@
+"""
+precision int8: post-training static quantization of a model's ONNX export for OpenVINO (CPU).
+
+NNCF (OpenVINO's quantization library) calibrates the activations on frames of
+``int8.calibration_folder`` and checks the result with its accuracy control: layers go back
+to fp32, most sensitive first, until the mIoU drop is at most ``int8.max_miou_drop``. The
+mIoU is measured on ``int8.validation_folder`` (a dataset: images/ and labels/ of the model's
+class ids) or, without one, on held-out calibration frames against the fp32 model's own labels
+(stricter: any change counts). A model whose drop stays above the limit is refused: the fp32
+export runs instead, with a warning. Quantized models (OpenVINO IR) are cached beside the
+export, keyed by the export, the frames and the settings; the JSON record keeps the figures.
+"""
+
+from dataclasses import dataclass
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Callable
+
+import cv2
+import numpy as np
+from semseg_ros.core.metrics import ConfusionMatrix
+from semseg_ros.core.runtimes import export as onnx_export
+from semseg_ros.core.runtimes.base import Heartbeat, RuntimeSetupError
+from semseg_ros.core.train import dataset
+import torch
+import torch.nn.functional as F
+
+# Quantizing and ranking a layer group runs the model on this many validation frames at most.
+RANKING_FRAMES = 8
+# Held-out calibration frames that stand in for a validation set without labels.
+HELD_OUT_FRAMES = 16
+# Layer groups the accuracy control may put back to fp32 before it gives up.
+MAX_REVERTS = 12
+INSTALL = 'pip install nncf'
+
+
+class Int8Refused(RuntimeError):
+    """The model cannot run in int8 here (quantization failed, or its mIoU dropped too much)."""
+
+
+@dataclass
+class Int8Plan:
+    """What ``precision: int8`` asks for, and how frames become model inputs."""
+
+    calibration_folder: str
+    validation_folder: str = ''
+    max_miou_drop: float = 0.01
+    calibration_frames: int = 64
+    to_batch: Callable = None  # RGB uint8 (H, W, 3) -> (1, 3, h, w) float tensor
+    classes: object = None  # ClassSet of the model's outputs (labels are checked against it)
+
+
+def check_plan(plan):
+    """Raise RuntimeSetupError when the plan's folders or package are unusable."""
+    nncf_module()
+    calibration_files(plan)
+    if plan.validation_folder:
+        validation_pairs(plan)
+
+
+def nncf_module():
+    """Import NNCF quietly; a missing package raises RuntimeSetupError with the fix."""
+    try:
+        import nncf
+    except ImportError as err:
+        raise RuntimeSetupError(
+            f'precision int8 needs the Python package nncf, which cannot be imported ({err}): '
+            f'{INSTALL}, or set precision to fp32') from None
+    nncf.set_log_level(logging.WARNING)
+    return nncf
+
+
+def image_folder(folder):
+    """Return the folder holding the images: ``folder/images`` when it exists, else itself."""
+    images = os.path.join(folder, 'images')
+    return images if os.path.isdir(images) else folder
+
+
+def calibration_files(plan):
+    """Return (chosen, held out) image paths of the calibration folder, spread over it."""
+    folder = str(plan.calibration_folder or '').strip()
+    if not folder:
+        raise RuntimeSetupError('precision int8 needs int8.calibration_folder: a folder of '
+                                "frames from the robot's cameras (png, jpg)")
+    try:
+        files = [str(p) for p in dataset.image_files(image_folder(folder))]
+    except dataset.DatasetError as exc:
+        raise RuntimeSetupError(f'int8.calibration_folder: {exc}') from None
+    if not files:
+        raise RuntimeSetupError(f'int8.calibration_folder {folder} holds no image '
+                                '(png, jpg, bmp)')
+    count = min(len(files), max(1, int(plan.calibration_frames)))
+    picked = sorted({int(i * len(files) / count) for i in range(count)})
+    chosen = [files[i] for i in picked]
+    rest = [f for i, f in enumerate(files) if i not in set(picked)]
+    held_out = [rest[int(i * len(rest) / HELD_OUT_FRAMES)]
+                for i in range(min(len(rest), HELD_OUT_FRAMES))]
+    return chosen, held_out
+
+
+def validation_pairs(plan):
+    """Return the (image, label) pairs of int8.validation_folder."""
+    try:
+        return [(str(i), str(lb)) for i, lb in dataset.pairs(plan.validation_folder)]
+    except dataset.DatasetError as exc:
+        raise RuntimeSetupError(f'int8.validation_folder: {exc}') from None
+
+
+def digest(plan, source_key):
+    """Return the cache key (hex) of a quantized model: export, frames, settings, versions."""
+    nncf = nncf_module()
+    import openvino
+    chosen, held_out = calibration_files(plan)
+    files = chosen + held_out
+    if plan.validation_folder:
+        files += [p for pair in validation_pairs(plan) for p in pair]
+    stats = []
+    for path in files:
+        info = os.stat(path)
+        stats.append([os.path.abspath(path), info.st_size, info.st_mtime_ns])
+    fields = {'export': source_key, 'files': stats, 'validation': bool(plan.validation_folder),
+              'max_drop': float(plan.max_miou_drop), 'frames': int(plan.calibration_frames),
+              'nncf': nncf.__version__, 'openvino': openvino.__version__,
+              'rules': [RANKING_FRAMES, HELD_OUT_FRAMES, MAX_REVERTS]}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def read_rgb(path):
+    """Return an image file as RGB uint8; RuntimeSetupError when unreadable."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise RuntimeSetupError(f'int8: cannot read the image {path}')
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def predicted_labels(logits, size):
+    """Return the argmax labels of (1, C, h, w) logits, resized (nearest) to size (h, w)."""
+    labels = torch.as_tensor(np.asarray(logits)).argmax(1, keepdim=True).float()
+    if tuple(labels.shape[-2:]) != tuple(size):
+        labels = F.interpolate(labels, size=tuple(size), mode='nearest')
+    return labels[0, 0].to(torch.int64).numpy()
+
+
+def miou(run, items, num_classes, ignore_id):
+    """Return the mIoU of ``run`` (input array -> logits) over (input, labels) items."""
+    matrix = ConfusionMatrix(num_classes, ignore_id)
+    for inputs, labels in items:
+        matrix.update(predicted_labels(run(inputs), labels.shape), labels)
+    value = matrix.mean_iou()
+    return 0.0 if np.isnan(value) else value
+
+
+def reference_items(plan, held_out, fp32_run):
+    """Return ((input, labels) items, what the labels are) for the accuracy check."""
+    if plan.validation_folder:
+        items = []
+        for image, label in validation_pairs(plan):
+            try:
+                ids = dataset.read_label(label, plan.classes).astype(np.int64)
+            except dataset.DatasetError as exc:
+                raise RuntimeSetupError(f'int8.validation_folder: {exc}') from None
+            rgb = read_rgb(image)
+            if ids.shape != rgb.shape[:2]:
+                raise RuntimeSetupError(f'int8.validation_folder: {label} is '
+                                        f'{ids.shape[1]}x{ids.shape[0]}, its image '
+                                        f'{rgb.shape[1]}x{rgb.shape[0]}')
+            items.append((plan.to_batch(rgb).numpy().copy(), ids))
+        return items, f'labels of {len(items)} validation frames'
+    items = []
+    for path in held_out:
+        rgb = read_rgb(path)
+        inputs = plan.to_batch(rgb).numpy().copy()
+        items.append((inputs, predicted_labels(fp32_run(inputs), rgb.shape[:2])))
+    return items, f"the fp32 model's labels on {len(items)} held-out calibration frames"
+
+
+def quantized(onnx_path, source_key, plan, cache, report):
+    """
+    Return (OpenVINO IR path, figures) of the int8 model of an ONNX export.
+
+    From the cache when this export was quantized with the same frames and settings; else
+    quantized now (minutes for a large model; progress goes to ``report.info``). Raises
+    Int8Refused when the model cannot run in int8 (figures in the message), RuntimeSetupError
+    when the plan is unusable.
+    """
+    key = digest(plan, source_key)
+    stem = os.path.splitext(os.path.basename(onnx_path))[0]
+    folder = os.path.join(cache, 'int8')
+    os.makedirs(folder, exist_ok=True)
+    xml = os.path.join(folder, f'{stem}-int8-{key[:16]}.xml')
+    record_path = xml[:-4] + '.json'
+    record = onnx_export.read_record(record_path)
+    if record.get('key') == key and 'accepted' in record:
+        if not record['accepted']:
+            raise Int8Refused(record.get('reason', 'refused before'))
+        if os.path.isfile(xml):
+            report.info(f'int8: quantized model from the cache: {xml}')
+            return xml, record
+    with Heartbeat(report.info, f'int8: quantizing {stem} with NNCF (cache {folder})', 30.0):
+        record = _quantize(onnx_path, xml, plan)
+    record['key'] = key
+    onnx_export.write_record(record_path, record)
+    if not record['accepted']:
+        raise Int8Refused(record['reason'])
+    return xml, record
+
+
+def _quantize(onnx_path, xml, plan):
+    """Quantize with accuracy control; save the IR when accepted; return the record."""
+    nncf = nncf_module()
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+    start = time.monotonic()
+    core = ov.Core()
+    config = {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1,
+              'INFERENCE_NUM_THREADS': max(1, torch.get_num_threads()),
+              'INFERENCE_PRECISION_HINT': 'f32'}
+    model = core.read_model(onnx_path)
+    fp32 = core.compile_model(model, 'CPU', config)
+
+    def fp32_run(inputs):
+        return fp32(inputs)[0]
+
+    chosen, held_out = calibration_files(plan)
+    calibration = [plan.to_batch(read_rgb(p)).numpy().copy() for p in chosen]
+    items, reference = reference_items(plan, held_out, fp32_run)
+    classes = plan.classes
+    ignore = classes.ignore_id if plan.validation_folder else None
+    count = len(classes)
+
+    def validate(compiled, data):
+        return miou(lambda x: compiled(x)[0], data, count, ignore)
+
+    base = validate(fp32, items)
+    restorer = AdvancedAccuracyRestorerParameters(
+        max_num_iterations=MAX_REVERTS, ranking_subset_size=min(len(items), RANKING_FRAMES))
+    try:
+        result = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(calibration), nncf.Dataset(items, lambda item: item[0]),
+            validation_fn=validate, max_drop=float(plan.max_miou_drop),
+            drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(calibration), advanced_accuracy_restorer_parameters=restorer)
+    except Exception as exc:  # noqa: B902 - NNCF and OpenVINO raise many types
+        return {'accepted': False, 'reason': f'NNCF quantization failed: '
+                f'{type(exc).__name__}: {str(exc).strip()[:300]}'}
+    value = validate(core.compile_model(result, 'CPU', config), items)
+    drop = base - value
+    figures = {'fp32_miou': base, 'int8_miou': value, 'drop': drop,
+               'max_drop': float(plan.max_miou_drop), 'reference': reference,
+               'calibration_frames': len(calibration), 'seconds': time.monotonic() - start}
+    text = (f'mIoU {base:.4f} fp32 -> {value:.4f} int8 (drop {drop:.4f}, limit '
+            f'{plan.max_miou_drop:.4f}) on {reference}')
+    if drop > float(plan.max_miou_drop) + 1e-9:
+        return dict(figures, accepted=False, reason='int8 refused: ' + text)
+    ov.save_model(result, xml, compress_to_fp16=False)
+    return dict(figures, accepted=True, reason=text)
