@@ -17,7 +17,10 @@ With --runtimes the same rows are timed once per runtime, side by side in one pr
 runtimes alternating on the same frames, and each row says how many of its labels equal those
 of the first runtime (torch): e.g. --runtimes torch onnxruntime openvino on the CPU, or
 --runtimes torch torch:fp16 torch:compile onnxruntime tensorrt tensorrt:fp16 on CUDA. A runtime
-that cannot run here (package or provider missing) gets a row saying why. No rclpy needed.
+that cannot run here (package or provider missing) gets a row saying why. openvino:int8 is
+precision int8 (NNCF quantization, calibrated on --calibration-folder, its mIoU gate on the
+model's --validation-folder MODEL=DATASET when given, else on the fp32 labels; the row's
+'runtime chosen' says whether int8 was accepted and the figures). No rclpy needed.
 """
 
 import argparse
@@ -29,6 +32,7 @@ import sys
 import time
 
 from bench_common import add_cache_argument
+from bench_common import ASSETS
 from bench_common import machine
 from bench_common import markdown_table
 from bench_common import write_section
@@ -44,6 +48,7 @@ from semseg_ros.core.runtimes import RuntimeSetupError
 import torch
 
 SIZES = ((480, 360), (1280, 720))
+CAMVID_TRAIN = ASSETS / 'camvid_train' / 'images'
 OUTPUT_SETS = {
     'label+color+drivable': ('label', 'color', 'drivable'),
     'all five': ('label', 'color', 'overlay', 'drivable', 'confidence'),
@@ -127,20 +132,23 @@ def bench(name, model, width, height, repeat, device, road, images):
     return rows
 
 
-def variant(spec):
-    """Return Segmenter options of a --runtimes entry: runtime[:fp16|bf16|compile]."""
+def variant(spec, int8=None):
+    """Return Segmenter options of a --runtimes entry: runtime[:fp16|bf16|int8|compile]."""
     runtime, _, extra = spec.partition(':')
     options = {'runtime': runtime}
     if extra in ('fp16', 'bf16'):
         options['precision'] = extra
+    elif extra == 'int8':
+        options.update(precision='int8', int8=int8)
     elif extra == 'compile':
         options['compiled'] = True
     elif extra:
-        raise SystemExit(f'--runtimes {spec}: expected runtime[:fp16|bf16|compile]')
+        raise SystemExit(f'--runtimes {spec}: expected runtime[:fp16|bf16|int8|compile]')
     return options
 
 
-def bench_runtimes(name, model, width, height, repeat, device, road, images, outputs, specs):
+def bench_runtimes(name, model, width, height, repeat, device, road, images, outputs, specs,
+                   int8=None):
     """
     Time bare forward and engine per runtime, alternating, on the same frames.
 
@@ -157,7 +165,7 @@ def bench_runtimes(name, model, width, height, repeat, device, road, images, out
         try:
             # A copy each: compile and device moves change a model in place.
             segs[spec] = Segmenter(copy.deepcopy(model), cls, device=device, input_size=size,
-                                   **variant(spec))
+                                   **variant(spec, int8))
         except (RuntimeSetupError, RuntimeError) as exc:
             notes[spec] = f'not run: {exc}'
             print(f'{name} {width}x{height} {spec}: {notes[spec]}', flush=True)
@@ -244,9 +252,13 @@ def main(argv=None):
                         default=list(OUTPUT_SETS), help='output sets to time')
     parser.add_argument('--sizes', nargs='+', default=[f'{w}x{h}' for w, h in SIZES],
                         help='frame sizes WIDTHxHEIGHT')
-    parser.add_argument('--runtimes', nargs='+', metavar='RUNTIME[:fp16|bf16|compile]',
+    parser.add_argument('--runtimes', nargs='+', metavar='RUNTIME[:fp16|bf16|int8|compile]',
                         help='compare runtimes (torch, onnxruntime, openvino, tensorrt; the '
                              'first is the label reference) instead of the default table')
+    parser.add_argument('--calibration-folder', default=str(CAMVID_TRAIN),
+                        help='frames that calibrate openvino:int8 (default: camvid_train)')
+    parser.add_argument('--validation-folder', nargs='+', default=[], metavar='MODEL=DATASET',
+                        help="labelled dataset (the model's class ids) for int8's mIoU gate")
     parser.add_argument('--threads', type=int, default=0,
                         help='torch threads (the runtimes follow); 0 = torch default')
     parser.add_argument('--markdown', help='update the engine_bench (or, with --runtimes, '
@@ -284,8 +296,11 @@ def run_runtimes(args, sizes, road, source):
     for name in args.models:
         model, weights[name] = load(name, args.cache)
         for width, height in sizes:
+            validation = dict(item.split('=', 1) for item in args.validation_folder)
+            int8 = {'calibration_folder': args.calibration_folder,
+                    'validation_folder': validation.get(name, '')}
             new = bench_runtimes(name, model, width, height, args.repeat, args.device, road,
-                                 args.images, args.outputs, args.runtimes)
+                                 args.images, args.outputs, args.runtimes, int8)
             rows.extend(new)
             print('\n'.join(runtime_table(new).splitlines()[2:]), flush=True)
     load_avg = ', '.join(f'{v:.2f}' for v in os.getloadavg())
