@@ -22,21 +22,35 @@ three cameras in one node / three single-camera nodes) it reports:
 - node CPU (utime + stime from /proc/<pid>/stat over the full-speed phase, 100 % = one core),
   peak RSS (VmHWM), the node's own 'frames dropped' (from /diagnostics) and published - received.
 
+Every node configuration runs once per entry of `--runtimes` (default `torch auto`): `torch`,
+`onnxruntime`, `openvino`, `tensorrt`, `auto` (node parameter model.runtime) or `int8`
+(model.runtime openvino, precision int8, calibrated on `--calibration-folder`, checked on
+`--validation-folder` when given). The node's own account of its runtime (`/diagnostics`
+'runtime') is reported with each row.
+
 Beside it, in the same run: the bare model forward (in a fresh process set up like the node:
 its malloc settings, one thread for all torch work; no other process running; the model input
-the node uses, batch 1 or 3; right before and right after each node run, the faster is the
-limit) and the DDS transport of the
+the node uses, batch 1 or 3; the runtime entry of the row, set up by the engine as in the node,
+and timed on what the engine calls: the model's `logits`; right before and right after each
+node run, the faster is the row's own limit). Each row is compared with the bare forward of its
+own runtime and with the fastest bare forward of any runtime entry measured in the run for the
+same model, input and batch, and its frames/s with the `torch` entry of the same configuration.
+Runtime exports and int8 models go to $SEMSEG_ROS_EXPORT_CACHE (default build/runtimes here),
+shared by the nodes and the bare forward, so each is made once. And the DDS transport of the
 same images with no node in between (an echo process that answers each image with prebuilt
 output images of the same sizes: publisher -> echo -> subscriber), for each Fast DDS profile of
 `--dds-profiles`; the nodes run with `--node-dds-profile` (default config/fastdds_shm.xml).
 
     python benchmarks/e2e_bench.py [--sizes 480x360 1280x720 1920x1080]
         [--models espnet espnetv2] [--transport raw compressed] [--cameras 1 3 3x1]
-        [--seconds 10] [--markdown docs/PERFORMANCE.md]
+        [--runtimes torch onnxruntime openvino auto int8] [--calibration-folder DIR]
+        [--validation-folder DIR] [--seconds 10] [--markdown docs/PERFORMANCE.md]
 
 Weights: the published files from $SEMSEG_ROS_CACHE (default ../shared/assets/models beside the
 repository, when present); otherwise random weights in a TorchScript file written here (the
-output says which). `--models tiny` is a one-layer random TorchScript model for smoke tests.
+output says which; TorchScript files do not export to ONNX, so the other runtimes fall back to
+torch). `--models tiny` is a one-layer random model for smoke tests, saved as a torch.export
+archive, which every runtime can run.
 """
 
 import argparse
@@ -78,6 +92,9 @@ CAMERA_MODES = {'1': (1, 1), '3': (3, 1), '3x1': (3, 3)}  # mode: (cameras, node
 CAMERA_LABELS = {'1': '1', '3': '3 in 1 node', '3x1': '3 nodes'}
 NODE_TIMEOUT = 180.0  # node start-up (imports, model load, warm-up) on a busy machine
 CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
+RUNTIME_ENTRIES = ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'auto', 'int8')
+EXPORT_CACHE = ROOT / 'build' / 'runtimes'  # as the Makefile: the shared folder is read-only
+SETUP_TIMEOUT = 1800.0  # a bare forward that exports, races or quantizes the model first
 
 
 # Helpers shared by the processes.
@@ -522,6 +539,13 @@ def model_spec(name, width, height, args):
     published = cache_dir(args) / WEIGHT_FILES.get(name, '-')
     if name in WEIGHT_FILES and published.is_file():
         backend, weights, kind = name, str(published), 'published'
+    elif name == 'tiny':
+        backend, kind = 'export', 'random (torch.export archive written by the script)'
+        weights = work / f'tiny_random_{size[0]}x{size[1]}.pt2'
+        if not weights.is_file():
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            write_tiny_model(weights)
+        weights = str(weights)
     else:
         backend, kind = 'torchscript', 'random (TorchScript written by the script)'
         weights = work / f'{name}_random_{size[0]}x{size[1]}.pt'
@@ -536,23 +560,28 @@ def model_spec(name, width, height, args):
             'input': size, 'params': params}
 
 
-def write_random_model(name, size, path, torchscript):
-    """Write a random-weight TorchScript file of `name` traced at `size` (w, h)."""
-    import torch
+def write_tiny_model(path):
+    """Write the smoke-test model as a torch.export archive (TorchScript does not export)."""
+    from semseg_ros.core.models import export as program
     from semseg_ros.core.models.base import Preprocess
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        program.save(tiny_module(), str(path), num_classes=12, preprocess=Preprocess(),
+                     class_set='camvid')
+
+
+def write_random_model(name, size, path, torchscript):
+    """Write a random-weight TorchScript file of ESPNet or ESPNetv2 traced at `size` (w, h)."""
+    import torch
     from semseg_ros.core.models.espnet import ESPNet
     from semseg_ros.core.models.espnetv2 import ESPNetv2
     torch.manual_seed(0)
-    if name == 'tiny':
-        module, classes, pre, class_set = tiny_module(), 12, Preprocess(), 'camvid'
-        scripted = torch.jit.script(module)
-    else:
-        model = (ESPNet() if name == 'espnet' else ESPNetv2()).eval()
-        classes, pre, class_set = model.num_classes, model.preprocess, model.class_set
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter('ignore')
-            scripted = torch.jit.trace(model, torch.zeros(1, 3, size[1], size[0]),
-                                       check_trace=False)
+    model = (ESPNet() if name == 'espnet' else ESPNetv2()).eval()
+    classes, pre, class_set = model.num_classes, model.preprocess, model.class_set
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter('ignore')
+        scripted = torch.jit.trace(model, torch.zeros(1, 3, size[1], size[0]),
+                                   check_trace=False)
     torchscript.save(scripted, str(path), num_classes=classes, preprocess=pre,
                      class_set=class_set)
 
@@ -566,6 +595,25 @@ def load_model(spec, device):
     if spec['backend'] != 'torchscript':
         options['download'] = False
     return create_model(spec['backend'], **options).eval().to(dev), dev
+
+
+def runtime_setup(entry, args):
+    """
+    Return how a --runtimes entry runs: a dict of runtime, precision, int8 and params.
+
+    int8 (the Int8Plan fields of precision int8, else None) and params (the node's -p
+    overrides) come from --calibration-folder and --validation-folder.
+    """
+    setup = {'entry': entry, 'runtime': entry, 'precision': 'fp32', 'int8': None,
+             'params': [f'model.runtime:={entry}']}
+    if entry != 'int8':
+        return setup
+    folders = {'calibration_folder': args.calibration_folder,
+               'validation_folder': args.validation_folder}
+    setup.update(runtime='openvino', precision='int8', int8=folders,
+                 params=['model.runtime:=openvino', 'precision:=int8'])
+    setup['params'] += [f'int8.{k}:={v}' for k, v in folders.items() if v]
+    return setup
 
 
 def bare_forward(model, dev, size, batch, budget=3.0):
@@ -587,19 +635,42 @@ def bare_forward(model, dev, size, batch, budget=3.0):
     return statistics.median(once() for _ in range(repeat))
 
 
-def bare_forward_main(spec_text, batch, device):
+def bare_forward_main(spec_text, batch, device, setup_text=''):
     """
-    Print the bare forward ms of a model spec as JSON, in a process set up like the node's.
+    Print the bare forward of a model spec as JSON, in a process set up like the node's.
 
     A fresh process with the node's malloc settings (retain_memory) and one thread doing all
     torch work: the limit does not inherit this long-lived process's allocator or OpenMP state.
+    The model runs on the runtime of the setup (runtime_setup; default torch), prepared by the
+    engine as in the node; what is timed is what the engine calls with upsample 'logits'. JSON:
+    {'ms', 'runtime': the engine's runtime summary}, or {'skip': why} when the runtime cannot
+    run the model here (the node would refuse it too).
     """
+    from semseg_ros.core.engine import Segmenter
     from semseg_ros.core.memory import retain_freed_memory
+    from semseg_ros.core.runtimes import Reporter, RuntimeSetupError
+    from semseg_ros.tools.model import class_set_of
     retain_freed_memory()
     warnings.filterwarnings('ignore', category=FutureWarning)
     spec = json.loads(spec_text)
+    setup = json.loads(setup_text) if setup_text else {'runtime': 'torch', 'precision': 'fp32'}
     model, dev = load_model(spec, device)
-    print(json.dumps({'ms': bare_forward(model, dev, tuple(spec['input']), int(batch))}))
+    size = tuple(spec['input'])
+
+    def note(line):
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        segmenter = Segmenter(model, class_set_of(model), device=dev,
+                              precision=setup['precision'], input_size=size,
+                              runtime=setup['runtime'], warmup=False, int8=setup.get('int8'),
+                              report=Reporter(note, note))
+    except RuntimeSetupError as exc:
+        print(json.dumps({'skip': str(exc)}))
+        return 0
+    forward = getattr(segmenter.model, 'logits', segmenter.model)
+    print(json.dumps({'ms': bare_forward(forward, dev, size, int(batch)),
+                      'runtime': segmenter.runtime.summary()}))
     return 0
 
 
@@ -918,6 +989,8 @@ def child_env(args, domain, profile):
     env.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
     env.setdefault('AMENT_PREFIX_PATH', sys.prefix)
     env.setdefault('ROS_LOG_DIR', str(ROOT / 'build' / 'ros_log'))
+    # The nodes and the bare forward share one export cache: each export is made once.
+    env.setdefault('SEMSEG_ROS_EXPORT_CACHE', str(EXPORT_CACHE))
     env['PYTHONPATH'] = os.pathsep.join(
         [str(ROOT)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
     for var in ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE'):
@@ -934,6 +1007,10 @@ def node_child_env(args, domain, profile):
     return env
 
 
+class Skipped(Exception):
+    """A configuration that cannot run here (the reason is reported, the run goes on)."""
+
+
 class Bench:
     """The whole benchmark: configurations, limits, tables."""
 
@@ -943,10 +1020,12 @@ class Bench:
         self.domain_index = 0
         self.nodes_rows = []
         self.echo_rows = []
-        self.forward = {}
+        self.forward = {}  # (weights, input, batch, runtime entry) -> [ms]
+        self.bare_runtimes = {}  # the same keys -> the runtime summary of the bare forward
         self.weights = {}
         self.log = print
         self.failures = []
+        self.skipped = []
 
     def domain(self):
         """Return the next ROS domain id (a fresh one per configuration)."""
@@ -954,18 +1033,24 @@ class Bench:
         self.domain_index += 1
         return domain
 
-    def bare(self, spec, batch):
-        """Measure the bare forward ms of a model spec at a batch size now; keep the sample."""
+    def bare(self, spec, batch, setup):
+        """Measure the bare forward ms of a model spec, batch and runtime now; keep the sample."""
         env = node_child_env(self.args, self.domains[0], 'none')
         cmd = [sys.executable, str(Path(__file__).resolve()), '--bare-forward',
-               json.dumps(spec), str(batch), self.args.device]
+               json.dumps(spec), str(batch), self.args.device, json.dumps(setup)]
+        key = (spec['weights'], spec['input'], batch, setup['entry'])
+        # The first one of a runtime may export, race or quantize the model (then cached).
+        timeout = NODE_TIMEOUT + 120 if key in self.forward else SETUP_TIMEOUT
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=NODE_TIMEOUT + 120)
+                              timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError(f'bare forward failed: {done.stderr[-1500:]}')
-        ms = json.loads(done.stdout.strip().splitlines()[-1])['ms']
-        self.forward.setdefault((spec['weights'], spec['input'], batch), []).append(ms)
-        return ms
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        if 'skip' in result:
+            raise Skipped(result['skip'])
+        self.forward.setdefault(key, []).append(result['ms'])
+        self.bare_runtimes[key] = result['runtime']
+        return result['ms']
 
     def echo(self, size, transport, cameras, profile):
         """Measure publisher -> echo -> subscriber for one size, transport and camera count."""
@@ -998,19 +1083,23 @@ class Bench:
                  f'{fixed["latency_ms"][0]:.1f} ms, lost {full["lost"]}+{fixed["lost"]}')
         return row
 
-    def node(self, model, size, transport, mode, profile):
-        """Measure one node configuration."""
+    def node(self, model, size, transport, mode, profile, entry='torch'):
+        """Measure one node configuration on one --runtimes entry."""
         args = self.args
         spec = model_spec(model, size[0], size[1], args)
         self.weights[model] = spec['weights_kind']
+        setup = runtime_setup(entry, args)
+        if entry == 'int8' and not args.calibration_folder:
+            raise Skipped('int8 needs frames to calibrate on: give --calibration-folder')
         cameras, count = CAMERA_MODES[mode]
         batch = cameras if count == 1 else 1
-        forward_before = self.bare(spec, batch)  # the limit right before and right after
+        forward_before = self.bare(spec, batch, setup)  # the limit right before and after
         domain = self.domain()
         env = child_env(args, domain, profile)
-        name = f'{model}_{size_text(size)}_{transport}_{mode}'
-        nodes = Nodes(args, spec, size, transport, mode, node_child_env(args, domain, profile),
-                      name)
+        name = f'{model}_{size_text(size)}_{transport}_{mode}_{entry}'
+        node_spec = dict(spec, params=spec['params'] + setup['params'])
+        nodes = Nodes(args, node_spec, size, transport, mode,
+                      node_child_env(args, domain, profile), name)
         run = None
         try:
             run = Run(args, domain, cameras, size, transport, env)
@@ -1056,14 +1145,18 @@ class Bench:
                               CpuMeter(nodes.pids))
             device = next((v.get('device') for v in run.diagnostics.values() if 'device' in v),
                           args.device)
+            chosen = sorted({v['runtime'] for v in run.diagnostics.values() if 'runtime' in v})
             rss = nodes.peak_rss()
         finally:
             if run is not None:
                 run.close()
             nodes.stop()
         # The faster of the two: the one least disturbed by other load on the machine.
-        forward = min(forward_before, self.bare(spec, batch))
+        forward = min(forward_before, self.bare(spec, batch, setup))
+        bare_runtime = self.bare_runtimes[(spec['weights'], spec['input'], batch, entry)]
         row = {'model': model, 'weights': spec['weights_kind'], 'input': spec['input'],
+               'weights_file': spec['weights'], 'runtime': entry,
+               'node_runtime': '; '.join(chosen), 'bare_runtime': bare_runtime,
                'size': size, 'transport': transport, 'mode': mode, 'cameras': cameras,
                'nodes': count, 'profile': profile, 'batch': batch, 'forward_ms': forward,
                'bare_rate': 1000.0 * batch / forward, 'full': full, 'rate': rate, 'fixed': fixed,
@@ -1072,7 +1165,11 @@ class Bench:
                'profiles': [str(p) for p in nodes.profiles]}
         self.nodes_rows.append(row)
         f = full['latency_ms']
-        self.log(f'  node {model} {size_text(size)} {transport} {CAMERA_LABELS[mode]}: '
+        self.log(f'  node {model} {size_text(size)} {transport} {CAMERA_LABELS[mode]} '
+                 f'runtime {entry}: node {row["node_runtime"] or "?"}; bare forward '
+                 f'{bare_runtime}')
+        self.log(f'  node {model} {size_text(size)} {transport} {CAMERA_LABELS[mode]} '
+                 f'{entry}: '
                  f'{full["throughput"]:.2f}/s (bare forward {row["bare_rate"]:.2f}/s), p50 '
                  f'{f[0]:.0f} ms; fixed {rate:.2f} Hz p50 {fixed["latency_ms"][0]:.0f} ms; '
                  f'CPU {full["cpu"]:.0f} % (kernel {full["sys_cpu"]:.0f} %, '
@@ -1095,12 +1192,18 @@ class Bench:
                             self.guard(self.echo, size, transport, cameras, profile)
                 for model in [] if args.echo_only else args.models:
                     for mode in args.cameras:
-                        self.guard(self.node, model, size, transport, mode, args.node_dds_profile)
+                        for entry in args.runtimes:
+                            self.guard(self.node, model, size, transport, mode,
+                                       args.node_dds_profile, entry)
 
     def guard(self, function, *params):
         """Run one configuration; a failure is reported and the benchmark goes on."""
         try:
             return function(*params)
+        except Skipped as exc:
+            self.log(f'  skipped {function.__name__}{params}: {exc}')
+            self.skipped.append(f'{function.__name__} {params}: {exc}')
+            return None
         except Exception as exc:  # noqa: B902 - one broken configuration must not end the run
             self.log(f'  FAILED {function.__name__}{params}: {type(exc).__name__}: {exc}')
             self.failures.append(f'{function.__name__} {params}: {exc}')
@@ -1124,6 +1227,11 @@ def fmt(value, digits=1):
     return f'{value:.{digits}f}'
 
 
+def ms_text(value):
+    """Format milliseconds: two decimals below 1 ms (small models), else one."""
+    return fmt(value, 2 if value < 1.0 else 1)
+
+
 def lat_text(values, digits=0):
     """Return 'p50 / p95 / p99'."""
     return ' / '.join(fmt(v, digits) for v in values)
@@ -1134,20 +1242,75 @@ def lost_text(full, fixed):
     return (f'{full["lost"]}/{full["published"]}; {fixed["lost"]}/{fixed["published"]}')
 
 
+def runtime_text(entry, summary):
+    """Return 'entry -> runtime run' from a runtime summary (entry alone when they agree)."""
+    if not summary:
+        return entry
+    name = summary.split(' ', 1)[0]
+    if entry == 'int8' and name == 'openvino':
+        name += ' int8' if ', int8: ' in summary else ' fp32 (int8 refused)'
+    elif 'fell back' in summary:
+        name += ' (fell back)'
+    return entry if name == entry else f'{entry} -> {name}'
+
+
+def compare_rows(bench):
+    """
+    Return every node row's runtime comparison as a dict (also used by the markdown).
+
+    own: the row's bare forward (its runtime, right before and after it); fastest: the fastest
+    bare forward sample of any runtime entry in the run for the same model file, input and
+    batch (the limit); torch: the row's frames/s over that of the torch entry of the same
+    configuration.
+    """
+    fastest = {}
+    for key, samples in bench.forward.items():
+        best = fastest.get(key[:3])
+        if best is None or min(samples) < best[0]:
+            fastest[key[:3]] = (min(samples), runtime_text(key[3], bench.bare_runtimes.get(key)))
+    torch_rate = {(r['model'], r['size'], r['transport'], r['mode']): r['full']['throughput']
+                  for r in bench.nodes_rows if r['runtime'] == 'torch'}
+    rows = []
+    for r in bench.nodes_rows:
+        rate = r['full']['throughput']
+        best_ms, best_entry = fastest.get((r['weights_file'], r['input'], r['batch']),
+                                          (r['forward_ms'], r['runtime']))
+        reference = torch_rate.get((r['model'], r['size'], r['transport'], r['mode']))
+        rows.append({
+            'model': r['model'], 'input': r['input'], 'size': r['size'],
+            'transport': r['transport'], 'mode': r['mode'], 'batch': r['batch'],
+            'runtime': r['runtime'], 'node_runtime': r['node_runtime'],
+            'bare_runtime': r['bare_runtime'], 'throughput': rate,
+            'own_ms': r['forward_ms'], 'own_ratio': rate / r['bare_rate'],
+            'fastest_ms': best_ms, 'fastest_runtime': best_entry,
+            'fastest_ratio': rate * best_ms / (1000.0 * r['batch']),
+            'torch_speedup': rate / reference if reference else float('nan')})
+    return rows
+
+
+def target_text(value, target, digits=0, scale=100.0, unit=' %'):
+    """Return a ratio with its unit and ' ok' / ' missed' against the target."""
+    if value != value:
+        return '-'
+    return (f'{fmt(scale * value, digits)}{unit} '
+            + ('ok' if value >= target else 'missed'))
+
+
 def nodes_table(rows):
     """Return the markdown table of the node configurations."""
-    lines = ['| model (input) | frame | input | cameras | full speed out/s | full speed '
-             'p50 / p95 / p99 ms | fixed rate Hz | fixed p50 / p95 / p99 ms | lost / published '
-             '(full; fixed) | node dropped | node CPU % (kernel) | no-subscriber CPU % '
-             '(frames in) | '
+    lines = ['| model (input) | frame | input | cameras | runtime (node) | full speed out/s | '
+             'full speed p50 / p95 / p99 ms | fixed rate Hz | fixed p50 / p95 / p99 ms | lost / '
+             'published (full; fixed) | node dropped | node CPU % (kernel) | no-subscriber '
+             'CPU % (frames in) | '
              'peak RSS MiB | node worker per frame at full speed: decode / pre / inference / '
              'post / publish ms; busy % |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         full, fixed = r['full'], r['fixed']
         lines.append(
             f'| {r["model"]} ({size_text(r["input"])}) | {size_text(r["size"])} | '
-            f'{r["transport"]} | {CAMERA_LABELS[r["mode"]]} | {fmt(full["throughput"], 2)} | '
+            f'{r["transport"]} | {CAMERA_LABELS[r["mode"]]} | '
+            f'{runtime_text(r["runtime"], r["node_runtime"])} | {fmt(full["throughput"], 2)} | '
             f'{lat_text(full["latency_ms"])} | {fmt(r["rate"], 2)} | '
             f'{lat_text(fixed["latency_ms"])} | {lost_text(full, fixed)} | '
             f'{full["node_dropped"] + fixed["node_dropped"]} | '
@@ -1157,16 +1320,52 @@ def nodes_table(rows):
     return '\n'.join(lines)
 
 
+def runtimes_table(bench):
+    """Return the markdown table of every node row against the bare forwards of the runtimes."""
+    lines = ['| model (input) | frame | input | cameras | runtime (node) | full speed out/s | '
+             'own-runtime bare forward ms (runtime) | node / own-runtime bare forward | '
+             'fastest bare forward ms (runtime) | node / fastest bare forward (target >= 85 %) '
+             '| node out/s vs torch (target >= 1.5 x) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in compare_rows(bench):
+        speedup = ('reference' if r['runtime'] == 'torch' else
+                   target_text(r['torch_speedup'], 1.5, 2, 1.0, ' x'))
+        lines.append(
+            f'| {r["model"]} ({size_text(r["input"])}) | {size_text(r["size"])} | '
+            f'{r["transport"]} | {CAMERA_LABELS[r["mode"]]} | '
+            f'{runtime_text(r["runtime"], r["node_runtime"])} | {fmt(r["throughput"], 2)} | '
+            f'{ms_text(r["own_ms"])} ({runtime_text(r["runtime"], r["bare_runtime"])}) | '
+            f'{fmt(100.0 * r["own_ratio"], 0)} % | {ms_text(r["fastest_ms"])} '
+            f'({r["fastest_runtime"]}) | {target_text(r["fastest_ratio"], 0.85)} | '
+            f'{speedup} |')
+    return '\n'.join(lines)
+
+
+def runtime_notes(bench):
+    """Return the runtimes the nodes reported in /diagnostics, one line per model and entry."""
+    seen = {}
+    for r in bench.nodes_rows:
+        key = (r['model'], size_text(r['input']), r['runtime'])
+        seen.setdefault(key, r['node_runtime'] or '(no report)')
+    return '\n'.join(f'- {model} ({size}), {entry}: {summary}'
+                     for (model, size, entry), summary in seen.items())
+
+
 def limits_tables(bench):
     """Return the markdown tables of the limits: bare forward and transport."""
-    lines = ['| model | model input | batch | bare forward ms (median of n, min - max) '
-             '| bare forward frames/s |', '|---|---|---|---|---|']
-    for (weights, size, batch), samples in sorted(bench.forward.items(),
-                                                  key=lambda kv: kv[0][1:]):
+    lines = ['| model | model input | batch | runtime | bare forward ms (median of n, min - '
+             'max) | bare forward frames/s |', '|---|---|---|---|---|---|']
+    order = sorted(bench.forward, key=lambda k: (k[1], k[2], Path(k[0]).name,
+                                                 RUNTIME_ENTRIES.index(k[3])))
+    for key in order:
+        samples = bench.forward[key]
+        weights, size, batch, entry = key
         model = Path(weights).name.split('_')[0]
         ms = statistics.median(samples)
-        lines.append(f'| {model} | {size_text(size)} | {batch} | {fmt(ms)} (n = '
-                     f'{len(samples)}, {fmt(min(samples))} - {fmt(max(samples))}) | '
+        lines.append(f'| {model} | {size_text(size)} | {batch} | '
+                     f'{runtime_text(entry, bench.bare_runtimes.get(key))} | {ms_text(ms)} '
+                     f'(n = {len(samples)}, {ms_text(min(samples))} - '
+                     f'{ms_text(max(samples))}) | '
                      f'{fmt(1000.0 * batch / ms, 2)} |')
     if bench.echo_rows:
         lines += ['', '| frame | input | message | cameras | Fast DDS profile | echo full speed '
@@ -1188,19 +1387,25 @@ def ratio_rows(bench):
     rows = []
     echo = {(r['size'], r['transport'], r['cameras'], r['profile']): r
             for r in bench.echo_rows}
-    by_key = {(r['model'], r['size'], r['transport'], r['mode']): r for r in bench.nodes_rows}
-    for (model, size, transport, mode), r in by_key.items():
+    by_key = {(r['model'], r['size'], r['transport'], r['mode'], r['runtime']): r
+              for r in bench.nodes_rows}
+    compared = {(c['model'], c['size'], c['transport'], c['mode'], c['runtime']): c
+                for c in compare_rows(bench)}
+    for (model, size, transport, mode, entry), r in by_key.items():
         if mode != '1':
             continue
+        c = compared[(model, size, transport, mode, entry)]
         bare_rate = r['bare_rate']
         transport_row = echo.get((size, transport, 1, r['profile']))
         transport_ms = transport_row['fixed']['latency_ms'][0] if transport_row else float('nan')
         limit = 1.1 * (r['forward_ms'] + transport_ms)
-        batched = by_key.get((model, size, transport, '3'))
-        separate = by_key.get((model, size, transport, '3x1'))
+        batched = by_key.get((model, size, transport, '3', entry))
+        separate = by_key.get((model, size, transport, '3x1', entry))
         rows.append({
-            'model': model, 'size': size, 'transport': transport,
-            'throughput_ratio': r['full']['throughput'] / bare_rate,
+            'model': model, 'size': size, 'transport': transport, 'runtime': entry,
+            'node_runtime': r['node_runtime'], 'throughput_ratio': r['full']['throughput']
+            / bare_rate, 'fastest_ratio': c['fastest_ratio'],
+            'fastest_runtime': c['fastest_runtime'], 'torch_speedup': c['torch_speedup'],
             'p50': r['fixed']['latency_ms'][0], 'forward_ms': r['forward_ms'],
             'transport_ms': transport_ms, 'latency_limit': limit,
             'batched': batched['full']['throughput'] if batched else float('nan'),
@@ -1212,23 +1417,25 @@ def ratio_rows(bench):
 
 def ratios_table(bench):
     """Return the markdown table of the ratios the issue asks for."""
-    lines = ['| model | frame | input | node / bare forward throughput (target >= 85 %) | '
-             'node p50 vs 1.1 x (forward + transport) ms | 3 cameras in 1 node vs 3 nodes, '
-             'outputs/s | no-subscriber CPU % (frames in / no input) |',
-             '|---|---|---|---|---|---|---|']
+    lines = ['| model | frame | input | runtime (node) | node / fastest bare forward '
+             'throughput (target >= 85 %) | node p50 vs 1.1 x (own-runtime forward + transport) '
+             'ms | 3 cameras in 1 node vs 3 nodes, outputs/s | no-subscriber CPU % (frames in / '
+             'no input) |',
+             '|---|---|---|---|---|---|---|---|']
     for r in ratio_rows(bench):
         if r['latency_limit'] != r['latency_limit']:  # NaN: no transport measured
             ok = 'n/a (no transport run)'
         else:
             ok = 'ok' if r['p50'] <= r['latency_limit'] else 'missed'
         target = r['size'] in ((480, 360), (1280, 720))
-        met = (' ok' if r['throughput_ratio'] >= 0.85 else ' missed') if target else ''
+        met = (' ok' if r['fastest_ratio'] >= 0.85 else ' missed') if target else ''
         batch = (f'{fmt(r["batched"], 2)} vs {fmt(r["separate"], 2)} '
                  f'({fmt(r["batched"] / r["separate"], 2)} x)'
                  if r['batched'] == r['batched'] and r['separate'] == r['separate'] else '-')
         lines.append(
             f'| {r["model"]} | {size_text(r["size"])} | {r["transport"]} | '
-            f'{100 * r["throughput_ratio"]:.0f} %{met} | {fmt(r["p50"], 0)} vs '
+            f'{runtime_text(r["runtime"], r["node_runtime"])} | '
+            f'{100 * r["fastest_ratio"]:.0f} %{met} | {fmt(r["p50"], 0)} vs '
             f'{fmt(r["latency_limit"], 0)} (= 1.1 x ({fmt(r["forward_ms"], 0)} + '
             f'{fmt(r["transport_ms"], 1)})) {ok} | {batch} | '
             f'{fmt(r["idle_cpu"])} at {fmt(r["idle_rate"], 0)} Hz / {fmt(r["quiet_cpu"])} |')
@@ -1247,11 +1454,12 @@ def worker_table(nodes_rows, ratios):
     """
     transport = {(r['model'], tuple(r['size']), r['transport']): r['transport_ms']
                  for r in ratios}
-    lines = ['| model | frame | input | node ms per frame (1000 / out/s) | worker busy | '
-             'forward in the node ms | node / its own forward throughput | bare forward ms | '
-             'own work ms (decode + pre + post + publish; share of the forward) | fixed-rate '
-             'p50 ms | worker ms per frame at fixed rate + transport ms |',
-             '|---|---|---|---|---|---|---|---|---|---|---|']
+    lines = ['| model | frame | input | runtime (node) | node ms per frame (1000 / out/s) | '
+             'worker busy | forward in the node ms | node / its own forward throughput | bare '
+             'forward ms (own runtime) | own work ms (decode + pre + post + publish; share of '
+             'the forward) | fixed-rate p50 ms | worker ms per frame at fixed rate + transport '
+             'ms |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in nodes_rows:
         full, fixed = r['full'].get('work') or {}, r['fixed'].get('work') or {}
         if r['mode'] != '1' or not full or not r['full']['throughput']:
@@ -1260,6 +1468,7 @@ def worker_table(nodes_rows, ratios):
         moved = transport.get((r['model'], tuple(r['size']), r['transport']), float('nan'))
         lines.append(
             f'| {r["model"]} | {size_text(r["size"])} | {r["transport"]} | '
+            f'{runtime_text(r.get("runtime", "torch"), r.get("node_runtime"))} | '
             f'{fmt(1000.0 / r["full"]["throughput"], 0)} | {fmt(full["busy_pct"], 0)} % | '
             f'{fmt(full["inference"], 0)} | '
             f'{fmt(full["inference"] * r["full"]["throughput"] / 10.0, 0)} % | '
@@ -1275,6 +1484,10 @@ def report(bench, command, minutes, load):
     args = bench.args
     weights = ', '.join(f'{k}: {v}' for k, v in bench.weights.items()) or 'none'
     devices = sorted({r['device'] for r in bench.nodes_rows}) or [args.device]
+    calibration = ''
+    if 'int8' in args.runtimes:
+        calibration = (f' (int8: calibration {args.calibration_folder or "none"}, validation '
+                       f'{args.validation_folder or "fp32 labels on held-out frames"})')
     text = [
         f'Command: `{command}` ({minutes:.1f} min).',
         '',
@@ -1286,7 +1499,9 @@ def report(bench, command, minutes, load):
         + (f', parameters {" ".join(args.node_params)}' if args.node_params else '')
         + f'. Full speed = {args.window} frames in flight per camera; fixed rate = '
         + ('half the full-speed rate' if args.rate == 'auto' else f'{args.rate:g} Hz')
-        + f' per camera; {args.seconds:g} s per phase.',
+        + f' per camera; {args.seconds:g} s per phase. Runtimes: '
+        + ', '.join(args.runtimes) + calibration + '; exports in '
+        + os.environ.get('SEMSEG_ROS_EXPORT_CACHE', str(EXPORT_CACHE)) + '.',
         '',
         '**Node, end to end** (latency = input stamp to receipt of the outputs, ms):',
         '',
@@ -1294,14 +1509,27 @@ def report(bench, command, minutes, load):
         '',
         '**Limits in the same run**: bare forward of the model (random input at the model '
         "input size, each time in a fresh process set up like the node's: retain_memory, one "
-        'thread for all torch work; a node row is compared with the faster of the two medians '
-        'taken right before and right after it); transport = publisher -> echo process -> '
+        "thread for all torch work; the row's runtime set up by the engine as in the node, "
+        "timed on what the engine calls (the model's logits); a node row is compared with the "
+        'faster of the two medians taken right before and right after it, and with the '
+        'fastest of any runtime for the same model input and batch); transport = publisher '
+        '-> echo process -> '
         'subscriber with the same messages and prebuilt outputs, no work. The last column of '
         "the node table is the node's own account of its worker thread (`/diagnostics` "
         "'... total (s)' values over the full-speed phase): ms per frame in each stage, and "
         'busy = share of the time it was processing a frame:',
         '',
         limits_tables(bench),
+        '',
+        '**Runtimes** (every node row against the bare forward of its own runtime and the '
+        'fastest bare forward of any runtime in this run; frames/s against the torch row of '
+        'the same configuration):',
+        '',
+        runtimes_table(bench),
+        '',
+        "Runtimes as the nodes report them (`/diagnostics` 'runtime'):",
+        '',
+        runtime_notes(bench) or '- none',
         '',
         '**Targets** (bare forward and transport from the tables above):',
         '',
@@ -1311,6 +1539,8 @@ def report(bench, command, minutes, load):
         '',
         worker_table(bench.nodes_rows, ratio_rows(bench)),
     ]
+    if bench.skipped:
+        text += ['', 'Skipped configurations: ' + '; '.join(bench.skipped)]
     if bench.failures:
         text += ['', 'Failed configurations: ' + '; '.join(bench.failures)]
     return '\n'.join(text) + '\n'
@@ -1357,6 +1587,19 @@ def parse_args(argv):
                         choices=list(CAMERA_MODES),
                         help="1 camera; '3': three cameras batched in one node; '3x1': three "
                              'single-camera nodes')
+    parser.add_argument('--runtimes', nargs='+', default=['torch', 'auto'],
+                        choices=RUNTIME_ENTRIES,
+                        help='node configurations: model.runtime (torch, onnxruntime, openvino, '
+                             'tensorrt, auto) or int8 (openvino, precision int8); each node row '
+                             'is measured once per entry')
+    calibration = ASSETS / 'camvid_train' / 'images'
+    parser.add_argument('--calibration-folder',
+                        default=str(calibration) if calibration.is_dir() else '',
+                        help='int8: frames to calibrate on (default '
+                             '../shared/assets/camvid_train/images when present)')
+    parser.add_argument('--validation-folder', default='',
+                        help="int8: labelled dataset of the mIoU check ('' = the fp32 model's "
+                             'labels on held-out calibration frames)')
     parser.add_argument('--seconds', type=float, default=10.0, help='length of each phase')
     parser.add_argument('--idle-seconds', type=float, default=3.0,
                         help='length of each no-subscriber CPU measurement')
@@ -1405,6 +1648,10 @@ def parse_args(argv):
     args.echo_rate = args.echo_rate or None
     args.dds_profiles = [resolve_profile(p) for p in args.dds_profiles]
     args.node_dds_profile = resolve_profile(args.node_dds_profile)
+    # The nodes run in the repository: their folders must not depend on this directory.
+    for name in ('calibration_folder', 'validation_folder'):
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
     return args
 
 
@@ -1414,7 +1661,7 @@ def main(argv=None):
     if argv and argv[0] == '--profiled-node':
         return profiled_node(argv[1], argv[2:]) or 0
     if argv and argv[0] == '--bare-forward':
-        return bare_forward_main(*argv[1:4])
+        return bare_forward_main(*argv[1:5])
     if argv and argv[0] == '--worker-table':  # from the --json file of an earlier run
         saved = json.loads(Path(argv[1]).read_text())
         print(worker_table(saved['nodes'], saved['ratios']))
@@ -1434,8 +1681,9 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(
             {'nodes': bench.nodes_rows, 'echo': bench.echo_rows, 'ratios': ratio_rows(bench),
-             'forward_ms': [[Path(k[0]).name, list(k[1]), k[2], v]
+             'forward_ms': [[Path(k[0]).name, list(k[1]), k[2], k[3], v]
                             for k, v in bench.forward.items()],
+             'runtimes': compare_rows(bench), 'skipped': bench.skipped,
              'failures': bench.failures, 'minutes': minutes}, indent=1, default=str))
     if args.markdown:
         write_markdown(args.markdown, text)

@@ -16,28 +16,42 @@ def test_e2e_bench_quick(tmp_path):
     cmd = [sys.executable, str(ROOT / 'benchmarks' / 'e2e_bench.py'),
            '--sizes', '96x72', '--models', 'tiny', '--transport', 'raw', '--cameras', '1',
            '--seconds', '1', '--idle-seconds', '0.5', '--grace', '1',
+           '--runtimes', 'torch', 'auto',
            '--dds-profiles', 'none', '--node-dds-profile', 'none',
            '--domains', str(domain), str(domain),
            '--workdir', str(tmp_path), '--json', str(result_file)]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     log = done.stdout[-4000:] + done.stderr[-4000:]
     assert done.returncode == 0, log
-    # The node table row: model (input) | frame | input | cameras | full speed out/s | ...
+    # The node table row: model (input) | frame | input | cameras | runtime | out/s | ...
     row = next((line for line in done.stdout.splitlines()
-                if line.startswith('| tiny (96x72) | 96x72 | raw | 1 |')), None)
+                if line.startswith('| tiny (96x72) | 96x72 | raw | 1 | torch |')), None)
     assert row is not None, log
     cells = [cell.strip() for cell in row.strip('|').split('|')]
-    assert float(cells[4]) > 0, row
-    # Where the time goes: node ms per frame, busy, forward in the node, ..., fixed rate.
+    assert float(cells[5]) > 0, row
+    # Runtimes: the auto row against its own and the fastest bare forward, and against torch.
     lines = done.stdout.splitlines()
+    after = next(i for i, line in enumerate(lines) if line.startswith('**Runtimes**'))
+    auto = next((line for line in lines[after:]
+                 if line.startswith('| tiny (96x72) | 96x72 | raw | 1 | auto')), None)
+    assert auto is not None, log
+    cells = [cell.strip() for cell in auto.strip('|').split('|')]
+    assert float(cells[7].rstrip(' %')) > 0 and float(cells[9].split(' %')[0]) > 0, auto
+    assert float(cells[10].split(' x')[0]) > 0, auto
+    # Where the time goes: node ms per frame, busy, forward in the node, ..., fixed rate.
     after = next(i for i, line in enumerate(lines) if line.startswith('**Where the time goes**'))
-    split = next((line for line in lines[after:] if line.startswith('| tiny | 96x72 | raw |')),
-                 None)
+    split = next((line for line in lines[after:]
+                  if line.startswith('| tiny | 96x72 | raw | torch |')), None)
     assert split is not None, log
     cells = [cell.strip() for cell in split.strip('|').split('|')]
-    assert float(cells[3]) > 0 and float(cells[5]) >= 0 and '+' in cells[10], split
-    assert 0 < float(cells[6].rstrip(' %')) <= 110, split
+    assert float(cells[4]) > 0 and float(cells[6]) >= 0 and '+' in cells[11], split
+    assert 0 < float(cells[7].rstrip(' %')) <= 110, split
     result = json.loads(result_file.read_text())
+    assert [r['runtime'] for r in result['nodes']] == ['torch', 'auto']
+    assert result['nodes'][0]['node_runtime'].startswith('torch')
+    for compared in result['runtimes']:
+        assert compared['own_ratio'] > 0 and compared['fastest_ratio'] > 0
+        assert compared['fastest_ms'] <= compared['own_ms']
     node = result['nodes'][0]
     assert node['full']['received'] > 0 and node['full']['throughput'] > 0
     assert 0 < node['full']['latency_ms'][0] < 5000
