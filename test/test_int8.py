@@ -220,3 +220,20 @@ def test_a_missing_nncf_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(builtins, '__import__', no_nncf)
     with pytest.raises(RuntimeSetupError, match='pip install nncf'):
         int8.nncf_module()
+
+
+def test_without_labels_some_frames_are_always_held_out(tmp_path):
+    few = write_frames(tmp_path / 'few', range(6))
+    chosen, held_out = int8.calibration_files(int8.Int8Plan(str(few), calibration_frames=64))
+    assert len(held_out) == 1 and len(chosen) == 5 and not set(chosen) & set(held_out)
+    many = write_frames(tmp_path / 'many', range(100))
+    chosen, held_out = int8.calibration_files(int8.Int8Plan(str(many), calibration_frames=20))
+    assert len(chosen) == 20 and len(held_out) == int8.HELD_OUT_FRAMES
+    assert not set(chosen) & set(held_out)
+    # With labels, every frame may calibrate.
+    chosen, held_out = int8.calibration_files(
+        int8.Int8Plan(str(few), validation_folder='labelled', calibration_frames=64))
+    assert len(chosen) == 6 and held_out == []
+    one = write_frames(tmp_path / 'one', [0])
+    with pytest.raises(RuntimeSetupError, match='holds 1 image'):
+        int8.calibration_files(int8.Int8Plan(str(one)))

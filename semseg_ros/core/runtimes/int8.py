@@ -79,8 +79,20 @@ def image_folder(folder):
     return images if os.path.isdir(images) else folder
 
 
+def spread(items, count):
+    """Return ``count`` of the items, evenly spread over them (in order)."""
+    count = min(len(items), max(0, int(count)))
+    return [items[int(i * len(items) / count)] for i in range(count)]
+
+
 def calibration_files(plan):
-    """Return (chosen, held out) image paths of the calibration folder, spread over it."""
+    """
+    Return (calibration, held out) image paths of the calibration folder, spread over it.
+
+    Without a validation folder, up to HELD_OUT_FRAMES frames that do not calibrate are held
+    out for the accuracy check: from those left over, or, when the calibration takes them all,
+    a quarter of the folder (at least two frames are then needed).
+    """
     folder = str(plan.calibration_folder or '').strip()
     if not folder:
         raise RuntimeSetupError('precision int8 needs int8.calibration_folder: a folder of '
@@ -92,13 +104,19 @@ def calibration_files(plan):
     if not files:
         raise RuntimeSetupError(f'int8.calibration_folder {folder} holds no image '
                                 '(png, jpg, bmp)')
-    count = min(len(files), max(1, int(plan.calibration_frames)))
-    picked = sorted({int(i * len(files) / count) for i in range(count)})
-    chosen = [files[i] for i in picked]
-    rest = [f for i, f in enumerate(files) if i not in set(picked)]
-    held_out = [rest[int(i * len(rest) / HELD_OUT_FRAMES)]
-                for i in range(min(len(rest), HELD_OUT_FRAMES))]
-    return chosen, held_out
+    chosen = spread(files, plan.calibration_frames)
+    if plan.validation_folder:
+        return chosen, []
+    rest = [f for f in files if f not in set(chosen)]
+    if not rest:
+        if len(files) < 2:
+            raise RuntimeSetupError(
+                f'int8.calibration_folder {folder} holds 1 image: without '
+                'int8.validation_folder some frames are held out to check the accuracy, so at '
+                'least 2 are needed (dozens make a sound check)')
+        rest = spread(files, max(1, len(files) // 4))
+        chosen = [f for f in files if f not in set(rest)]
+    return chosen, spread(rest, HELD_OUT_FRAMES)
 
 
 def validation_pairs(plan):
@@ -227,6 +245,8 @@ def _quantize(onnx_path, xml, plan):
     chosen, held_out = calibration_files(plan)
     calibration = [plan.to_batch(read_rgb(p)).numpy().copy() for p in chosen]
     items, reference = reference_items(plan, held_out, fp32_run)
+    if not items:
+        raise RuntimeSetupError('int8: no frame to check the accuracy on')
     classes = plan.classes
     ignore = classes.ignore_id if plan.validation_folder else None
     count = len(classes)
