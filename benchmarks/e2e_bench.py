@@ -44,7 +44,7 @@ output images of the same sizes: publisher -> echo -> subscriber), for each Fast
     python benchmarks/e2e_bench.py [--sizes 480x360 1280x720 1920x1080]
         [--models espnet espnetv2] [--transport raw compressed] [--cameras 1 3 3x1]
         [--runtimes torch onnxruntime openvino auto int8] [--calibration-folder DIR]
-        [--validation-folder DIR] [--seconds 10] [--markdown docs/PERFORMANCE.md]
+        [--validation-folder MODEL=DATASET] [--seconds 10] [--markdown docs/PERFORMANCE.md]
 
 Weights: the published files from $SEMSEG_ROS_CACHE (default ../shared/assets/models beside the
 repository, when present); otherwise random weights in a TorchScript file written here (the
@@ -597,19 +597,19 @@ def load_model(spec, device):
     return create_model(spec['backend'], **options).eval().to(dev), dev
 
 
-def runtime_setup(entry, args):
+def runtime_setup(entry, args, model=''):
     """
     Return how a --runtimes entry runs: a dict of runtime, precision, int8 and params.
 
     int8 (the Int8Plan fields of precision int8, else None) and params (the node's -p
-    overrides) come from --calibration-folder and --validation-folder.
+    overrides) come from --calibration-folder and the model's --validation-folder entry.
     """
     setup = {'entry': entry, 'runtime': entry, 'precision': 'fp32', 'int8': None,
              'params': [f'model.runtime:={entry}']}
     if entry != 'int8':
         return setup
     folders = {'calibration_folder': args.calibration_folder,
-               'validation_folder': args.validation_folder}
+               'validation_folder': args.validation_folder.get(model, '')}
     setup.update(runtime='openvino', precision='int8', int8=folders,
                  params=['model.runtime:=openvino', 'precision:=int8'])
     setup['params'] += [f'int8.{k}:={v}' for k, v in folders.items() if v]
@@ -1088,7 +1088,7 @@ class Bench:
         args = self.args
         spec = model_spec(model, size[0], size[1], args)
         self.weights[model] = spec['weights_kind']
-        setup = runtime_setup(entry, args)
+        setup = runtime_setup(entry, args, model)
         if entry == 'int8' and not args.calibration_folder:
             raise Skipped('int8 needs frames to calibrate on: give --calibration-folder')
         cameras, count = CAMERA_MODES[mode]
@@ -1486,8 +1486,9 @@ def report(bench, command, minutes, load):
     devices = sorted({r['device'] for r in bench.nodes_rows}) or [args.device]
     calibration = ''
     if 'int8' in args.runtimes:
+        checks = ', '.join(f'{m}: {f}' for m, f in args.validation_folder.items())
         calibration = (f' (int8: calibration {args.calibration_folder or "none"}, validation '
-                       f'{args.validation_folder or "fp32 labels on held-out frames"})')
+                       f'{checks or "-"}; other models: fp32 labels on held-out frames)')
     text = [
         f'Command: `{command}` ({minutes:.1f} min).',
         '',
@@ -1597,9 +1598,10 @@ def parse_args(argv):
                         default=str(calibration) if calibration.is_dir() else '',
                         help='int8: frames to calibrate on (default '
                              '../shared/assets/camvid_train/images when present)')
-    parser.add_argument('--validation-folder', default='',
-                        help="int8: labelled dataset of the mIoU check ('' = the fp32 model's "
-                             'labels on held-out calibration frames)')
+    parser.add_argument('--validation-folder', nargs='+', default=[], metavar='MODEL=DATASET',
+                        help="int8: a model's labelled dataset (its class ids) for the mIoU "
+                             "check (default: the fp32 model's labels on held-out calibration "
+                             'frames)')
     parser.add_argument('--seconds', type=float, default=10.0, help='length of each phase')
     parser.add_argument('--idle-seconds', type=float, default=3.0,
                         help='length of each no-subscriber CPU measurement')
@@ -1649,9 +1651,13 @@ def parse_args(argv):
     args.dds_profiles = [resolve_profile(p) for p in args.dds_profiles]
     args.node_dds_profile = resolve_profile(args.node_dds_profile)
     # The nodes run in the repository: their folders must not depend on this directory.
-    for name in ('calibration_folder', 'validation_folder'):
-        if getattr(args, name):
-            setattr(args, name, str(Path(getattr(args, name)).resolve()))
+    if args.calibration_folder:
+        args.calibration_folder = str(Path(args.calibration_folder).resolve())
+    try:
+        args.validation_folder = {model: str(Path(folder).resolve()) for model, folder in (
+            item.split('=', 1) for item in args.validation_folder)}
+    except ValueError:
+        raise SystemExit('--validation-folder: expected MODEL=DATASET entries') from None
     return args
 
 

@@ -237,3 +237,11 @@ def test_without_labels_some_frames_are_always_held_out(tmp_path):
     one = write_frames(tmp_path / 'one', [0])
     with pytest.raises(RuntimeSetupError, match='holds 1 image'):
         int8.calibration_files(int8.Int8Plan(str(one)))
+
+
+def test_a_validation_set_of_other_classes_is_refused(folders):
+    _, calibration, validation = folders
+    camvid = class_sets.load('camvid')
+    (validation / 'classes.yaml').write_text(__import__('yaml').safe_dump(camvid.to_dict()))
+    with pytest.raises(RuntimeSetupError, match='names 12 classes'):
+        segmenter(Log(), calibration, validation)

@@ -171,9 +171,27 @@ def miou(run, items, num_classes, ignore_id):
     return 0.0 if np.isnan(value) else value
 
 
+def check_classes(plan):
+    """Raise RuntimeSetupError when the validation set's classes.yaml names other classes."""
+    own = os.path.join(plan.validation_folder, dataset.CLASSES_FILE)
+    if not os.path.isfile(own):
+        return
+    try:
+        names = dataset.dataset_classes(plan.validation_folder).names
+    except dataset.DatasetError as exc:
+        raise RuntimeSetupError(f'int8.validation_folder: {exc}') from None
+    model = plan.classes.names
+    if [n.strip().lower() for n in names] != [n.strip().lower() for n in model]:
+        raise RuntimeSetupError(
+            f'int8.validation_folder: its {dataset.CLASSES_FILE} names {len(names)} classes '
+            f'({", ".join(names[:4])}, ...), the model {len(model)} ({", ".join(model[:4])}, '
+            "...): the labels must be the model's class ids")
+
+
 def reference_items(plan, held_out, fp32_run):
     """Return ((input, labels) items, what the labels are) for the accuracy check."""
     if plan.validation_folder:
+        check_classes(plan)
         items = []
         for image, label in validation_pairs(plan):
             try:
