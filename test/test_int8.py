@@ -245,3 +245,21 @@ def test_a_validation_set_of_other_classes_is_refused(folders):
     (validation / 'classes.yaml').write_text(__import__('yaml').safe_dump(camvid.to_dict()))
     with pytest.raises(RuntimeSetupError, match='names 12 classes'):
         segmenter(Log(), calibration, validation)
+
+
+def test_a_failing_quantizer_runs_fp32_and_is_tried_again_next_start(folders, monkeypatch):
+    tmp, calibration, validation = folders
+    nncf = int8.nncf_module()
+
+    def broken(*args, **kwargs):
+        raise MemoryError('out of memory')
+
+    monkeypatch.setattr(nncf, 'quantize_with_accuracy_control', broken)
+    log = Log()
+    seg = segmenter(log, calibration, validation)
+    assert 'fp32: NNCF quantization failed: MemoryError: out of memory' in seg.runtime.reason
+    assert any('runs in fp32 (openvino) instead' in w for w in log.warnings)
+    assert records(tmp / 'runtimes') == []  # not a verdict on the model: nothing cached
+    monkeypatch.undo()
+    monkeypatch.setenv('SEMSEG_ROS_EXPORT_CACHE', str(tmp / 'runtimes'))
+    assert 'int8: mIoU' in segmenter(Log(), calibration, validation).runtime.reason

@@ -245,7 +245,11 @@ def quantized(onnx_path, source_key, plan, cache, report):
 
 
 def _quantize(onnx_path, xml, plan):
-    """Quantize with accuracy control; save the IR when accepted; return the record."""
+    """
+    Quantize with accuracy control; save the IR when accepted; return the record.
+
+    A failure of NNCF raises Int8Refused (not cached, so the next start tries again).
+    """
     nncf = nncf_module()
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
@@ -282,8 +286,9 @@ def _quantize(onnx_path, xml, plan):
             drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(calibration), advanced_accuracy_restorer_parameters=restorer)
     except Exception as exc:  # noqa: B902 - NNCF and OpenVINO raise many types
-        return {'accepted': False, 'reason': f'NNCF quantization failed: '
-                f'{type(exc).__name__}: {str(exc).strip()[:300]}'}
+        # Not recorded: a failure of the library is not a verdict on the model.
+        raise Int8Refused(f'NNCF quantization failed: {type(exc).__name__}: '
+                          f'{str(exc).strip()[:300]}') from None
     value = validate(core.compile_model(result, 'CPU', config), items)
     drop = base - value
     figures = {'fp32_miou': base, 'int8_miou': value, 'drop': drop,
