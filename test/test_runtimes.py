@@ -417,3 +417,25 @@ def test_cuda_runtimes_agree_with_the_cpu(cache, runtime, precision):
     batch = frames([(96, 64), (120, 90)], seed=7)
     for a, b in zip(labels(seg, batch), labels(ref, batch)):
         assert (a == b).mean() >= (0.99 if precision == 'fp16' else 0.999)
+
+
+def test_a_torchscript_model_exports_from_its_own_graph(cache, tmp_path):
+    # A traced model (as a trained model directory holds) runs on the runtimes too: the
+    # exporter cannot trace a script module through a wrapper, so its own graph is exported.
+    from semseg_ros.core.models import create_model, torchscript
+    import warnings
+    model = Tiny().eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')
+        traced = torch.jit.trace(model, torch.zeros(1, 3, 48, 64), check_trace=False)
+    torchscript.save(traced, str(tmp_path / 'tiny.ts'), num_classes=4,
+                     preprocess=model.preprocess)
+    loaded = create_model('torchscript', weights=str(tmp_path / 'tiny.ts'))
+    log = Log()
+    choice = prepare(loaded, 'onnxruntime', 'cpu', (64, 48), upsample='labels',
+                     report=log.reporter())
+    assert choice.runtime == 'onnxruntime' and not choice.fallbacks, choice.summary()
+    assert 'labels 100.00 % equal' in choice.reason and not log.warnings
+    batch = torch.randn(1, 3, 48, 64)
+    with torch.inference_mode():
+        assert torch.equal(choice.model(batch).argmax(1), model(batch).argmax(1))

@@ -90,7 +90,14 @@ def export(model, entry, sample, path, opset=OPSET):
     train/eval state is kept. Any failure raises ExportError.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    wrapper = _Entry(model, entry).eval()
+    script = getattr(model, 'module', model) if entry == 'forward' else None
+    if isinstance(script, torch.jit.ScriptModule):
+        # A TorchScript model (e.g. a trained model directory's model.ts) is exported from its
+        # own graph: the exporter cannot trace a script module called from a wrapper. Its
+        # first output is the logits, as ModuleModel.forward takes them.
+        wrapper = script.eval()
+    else:
+        wrapper = _Entry(model, entry).eval()
     training = model.training
     fd, tmp = tempfile.mkstemp(prefix='.export.', suffix='.onnx', dir=folder)
     os.close(fd)
