@@ -25,7 +25,7 @@ from semseg_ros.core.models.base import ModelError, Preprocess, SegmentationMode
 from semseg_ros.core.models.card import save_card
 from semseg_ros.core.models.common import dump_metadata, first_output, META_FILE
 from semseg_ros.core.models.common import parse_metadata, run_in_chunks, static_dims
-from semseg_ros.core.models.fileopts import class_count, FILE_OPTIONS, kind_of
+from semseg_ros.core.models.fileopts import describe, FILE_OPTIONS, kind_of
 from semseg_ros.core.models.fileopts import num_classes_option, output_kind_option
 from semseg_ros.core.models.fileopts import resolve_preprocess
 from semseg_ros.core.models.registry import check_options
@@ -149,12 +149,7 @@ def build(options):
         channels = shape[1] if shape else None
         if not channels and not meta.get('num_classes') and not wanted_classes:
             channels = _probe(model, dims, preprocess, path)
-    model.num_classes = class_count(kind, channels, wanted_classes, meta.get('num_classes'),
-                                    path)
-    model.output_kind = kind
-    model.preprocess_source = source
-    model.warnings = tuple(warnings)
-    return model
+    return describe(model, kind, channels, wanted_classes, meta, source, warnings, path)
 
 
 def _output(program):

@@ -128,3 +128,13 @@ def class_count(kind, channels, options_count, meta_count, path):
         raise ModelError(f'{path}: the model outputs class ids, so its class count cannot be '
                          'read from the output: give num_classes in model.options or a card')
     return int(count)
+
+
+def describe(model, kind, channels, wanted_classes, meta, source, warnings, path):
+    """Set a loaded file model's class count, output kind, preprocessing source and warnings."""
+    model.num_classes = class_count(kind, channels, wanted_classes, meta.get('num_classes'),
+                                    path)
+    model.output_kind = kind
+    model.preprocess_source = source
+    model.warnings = tuple(warnings)
+    return model

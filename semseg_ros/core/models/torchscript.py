@@ -21,7 +21,7 @@ from semseg_ros.core.models.base import ModuleModel
 from semseg_ros.core.models.base import Preprocess
 from semseg_ros.core.models.card import save_card
 from semseg_ros.core.models.common import parse_metadata
-from semseg_ros.core.models.fileopts import class_count, FILE_OPTIONS, kind_of
+from semseg_ros.core.models.fileopts import describe, FILE_OPTIONS, kind_of
 from semseg_ros.core.models.fileopts import num_classes_option, output_kind_option
 from semseg_ros.core.models.fileopts import resolve_preprocess
 from semseg_ros.core.models.registry import check_options
@@ -97,9 +97,4 @@ def build(options):
     kind = kind_of(out.dtype, out.shape, kind if kind != 'auto' else meta.get('output_kind'),
                    path)
     channels = int(out.shape[1]) if kind != 'class_ids' else None
-    model.num_classes = class_count(kind, channels, wanted_classes, meta.get('num_classes'),
-                                    path)
-    model.output_kind = kind
-    model.preprocess_source = source
-    model.warnings = tuple(warnings)
-    return model
+    return describe(model, kind, channels, wanted_classes, meta, source, warnings, path)

@@ -19,7 +19,6 @@ import os
 import time
 from typing import Callable
 
-import cv2
 import numpy as np
 from semseg_ros.core.metrics import ConfusionMatrix
 from semseg_ros.core.runtimes import export as onnx_export
@@ -148,9 +147,10 @@ def digest(plan, source_key):
 
 def read_rgb(path):
     """Return an image file as RGB uint8; RuntimeSetupError when unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise RuntimeSetupError(f'int8: cannot read the image {path}')
+    try:
+        image = dataset.read_image(path)
+    except dataset.DatasetError as exc:
+        raise RuntimeSetupError(f'int8: {exc}') from None
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
