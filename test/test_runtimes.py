@@ -1,6 +1,8 @@
 """Runtimes: selection, the ONNX export cache, parity checks and fallbacks (no ROS graph)."""
 
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -394,6 +396,23 @@ def test_runtime_threads_follow_torch(cache):
         assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize('env, first, expected', [
+    ({}, 'semseg_ros.core.engine', '30000'),
+    ({'GOMP_SPINCOUNT': '123'}, 'semseg_ros.core.engine', '123'),
+    ({'OMP_WAIT_POLICY': 'active'}, 'semseg_ros.core.engine', None),
+    ({}, 'torch', None),  # torch loaded first: libgomp has read its settings already
+])
+def test_openmp_spin_is_short_before_torch_loads(env, first, expected):
+    # Long spins of torch's idle OpenMP workers slowed OpenVINO in the node (__init__.py).
+    code = (f'import os, sys, {first}, semseg_ros; assert "torch" in sys.modules; '
+            'print(os.environ.get("GOMP_SPINCOUNT"))')
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')}
+    out = subprocess.run([sys.executable, '-c', code], env={**clean, **env},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == str(expected)
 
 
 # CUDA (skipped without a GPU; benchmarks/gpu_check.sh runs these on a GPU machine).
