@@ -97,7 +97,8 @@ def thread_budget():
 
     The engine runs preprocessing and postprocessing with torch and inference with the runtime,
     one after the other on one worker thread, so the two pools never compute at the same time;
-    giving both torch's count uses the cores the node was given and no more.
+    giving both torch's count uses the cores the node was given and no more. torch's idle
+    OpenMP workers spin only briefly after its work (GOMP_SPINCOUNT, semseg_ros/__init__.py).
     """
     return max(1, int(torch.get_num_threads()))
 

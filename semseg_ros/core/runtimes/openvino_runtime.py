@@ -4,8 +4,11 @@ OpenVINO adapter: ``core.compile_model`` of an ONNX file behind the call of a to
 CPU only here (OpenVINO's GPU plugin is for Intel GPUs). Compiled for latency: one stream,
 the node's thread budget, and fp32 inference (on CPUs with bf16 units OpenVINO would
 otherwise run in bf16 by default, which changed 1.6 % of ESPNetv2's labels here). Compiled
-models are cached in the cache folder, so a restart does not compile again. The output is
-written straight into a torch tensor once its shape is known.
+models are cached in the cache folder, so a restart does not compile again. Once the output
+shape of an input shape is known, the output is written straight into a torch tensor kept for
+that shape: a new one per call would land on fresh pages past glibc's 32 MiB mmap limit
+(ESPNet 1280x720: 44 MB of logits, 11 000 page faults and 5-10 ms per frame). So the tensor a
+call returns is valid until the next call with the same input shape.
 """
 
 import os
@@ -37,25 +40,30 @@ class OpenVinoRunner:
         except Exception as exc:  # noqa: B902 - OpenVINO raises its own types
             raise RuntimeSetupError(f'OpenVINO cannot compile {self.path}: {exc}') from None
         self.providers = ['CPU']
-        self.request = self.compiled.create_infer_request()
         types = {ov.Type.f32: torch.float32, ov.Type.f16: torch.float16}
         self.input_torch = types.get(self.compiled.input(0).get_element_type(), torch.float32)
         # Written into torch memory only when the output is f32; else copied out.
         self._direct = self.compiled.output(0).get_element_type() == ov.Type.f32
-        self._out_shapes = {}
+        # Input shape -> (infer request, its output tensor or None). One request per shape:
+        # a request whose output is a tensor of one shape cannot run another batch size.
+        self._slots = {}
 
     def __call__(self, batch):
         """Run the compiled model on a (N, 3, H, W) float tensor; return its first output."""
         x = batch.detach().to('cpu', self.input_torch).contiguous()
-        request = self.request
-        request.set_input_tensor(0, self._ov.Tensor(x.numpy(), shared_memory=True))
-        shape = self._out_shapes.get(tuple(x.shape))
-        if shape is None or not self._direct:
+        slot = self._slots.get(tuple(x.shape))
+        if slot is None:
+            request = self.compiled.create_infer_request()
+            request.set_input_tensor(0, self._ov.Tensor(x.numpy(), shared_memory=True))
             request.infer()
             out = torch.from_numpy(request.get_output_tensor(0).data.copy())
-            self._out_shapes[tuple(x.shape)] = tuple(out.shape)
+            if self._direct:
+                request.set_output_tensor(0, self._ov.Tensor(out.numpy(), shared_memory=True))
+            self._slots[tuple(x.shape)] = (request, out if self._direct else None)
             return out
-        out = torch.empty(shape, dtype=torch.float32)
-        request.set_output_tensor(0, self._ov.Tensor(out.numpy(), shared_memory=True))
+        request, out = slot
+        request.set_input_tensor(0, self._ov.Tensor(x.numpy(), shared_memory=True))
         request.infer()
+        if out is None:
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
         return out
