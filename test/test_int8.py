@@ -1,6 +1,9 @@
 """precision int8: NNCF quantization for OpenVINO, its mIoU gate, cache and errors (no ROS)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -263,3 +266,19 @@ def test_a_failing_quantizer_runs_fp32_and_is_tried_again_next_start(folders, mo
     monkeypatch.undo()
     monkeypatch.setenv('SEMSEG_ROS_EXPORT_CACHE', str(tmp / 'runtimes'))
     assert 'int8: mIoU' in segmenter(Log(), calibration, validation).runtime.reason
+
+
+def test_nncf_sends_no_telemetry(tmp_path):
+    # A fresh interpreter without pytest (NNCF turns its telemetry off inside pytest itself).
+    pytest.importorskip('nncf')
+    code = ('import os\n'
+            'from semseg_ros.core.runtimes import int8\n'
+            'int8.nncf_module()\n'
+            'from nncf.telemetry import decorator, wrapper\n'
+            'stub = isinstance(decorator.telemetry, wrapper.NNCFTelemetryStub)\n'
+            'print(type(decorator.telemetry).__name__, stub, os.environ.get("NNCF_CI"))\n')
+    env = {k: v for k, v in os.environ.items() if k not in ('CI', 'NNCF_CI', 'NNCF_DEV')}
+    env['HOME'] = str(tmp_path)  # openvino-telemetry keeps its client id in ~/intel
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip().splitlines()[-1].split()[1:] == ['True', 'None'], out

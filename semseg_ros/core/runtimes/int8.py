@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Callable
 
@@ -34,6 +35,8 @@ HELD_OUT_FRAMES = 16
 # Layer groups the accuracy control may put back to fp32 before it gives up.
 MAX_REVERTS = 12
 INSTALL = 'pip install nncf'
+# Set while nncf imports: NNCF then sends no usage telemetry (see nncf_module).
+TELEMETRY_OFF = 'NNCF_CI'
 
 
 class Int8Refused(RuntimeError):
@@ -61,13 +64,27 @@ def check_plan(plan):
 
 
 def nncf_module():
-    """Import NNCF quietly; a missing package raises RuntimeSetupError with the fix."""
+    """
+    Import NNCF quietly; a missing package raises RuntimeSetupError with the fix.
+
+    NNCF sends usage telemetry (Google Analytics, through openvino-telemetry) from every
+    quantization unless the user opted out, and a robot should not do that unasked. NNCF
+    decides at import time, and its switch is the NNCF_CI variable, so that variable is set
+    while it imports.
+    """
+    first = 'nncf' not in sys.modules
+    before = os.environ.get(TELEMETRY_OFF)
     try:
+        if first:
+            os.environ[TELEMETRY_OFF] = '1'
         import nncf
     except ImportError as err:
         raise RuntimeSetupError(
             f'precision int8 needs the Python package nncf, which cannot be imported ({err}): '
             f'{INSTALL}, or set precision to fp32') from None
+    finally:
+        if first and before is None:
+            os.environ.pop(TELEMETRY_OFF, None)
     nncf.set_log_level(logging.WARNING)
     return nncf
 
