@@ -130,6 +130,12 @@ def test_int8_with_labels_is_accepted_cached_and_segments_like_fp32(folders):
     assert any('quantized model from the cache' in line for line in log2.info), log2.info
     assert not any('quantizing' in line for line in log2.info)
     assert again.runtime.reason == seg.runtime.reason
+    # The same frames copied again (new file times) keep the key.
+    for path in list(calibration.glob('*.png')) + list(validation.rglob('*.png')):
+        os.utime(path, (1e9, 1e9))
+    log_copy = Log()
+    segmenter(log_copy, calibration, validation)
+    assert any('quantized model from the cache' in line for line in log_copy.info)
     # New calibration frames are a new quantization (the key covers the files).
     write_frames(calibration / 'more', range(30, 32))
     (calibration / 'more' / 'f030.png').rename(calibration / 'f030.png')

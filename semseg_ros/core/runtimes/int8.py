@@ -143,6 +143,15 @@ def validation_pairs(plan):
         raise RuntimeSetupError(f'int8.validation_folder: {exc}') from None
 
 
+def file_digest(path):
+    """Return the SHA-256 (hex) of a file's bytes."""
+    sha = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 def digest(plan, source_key):
     """Return the cache key (hex) of a quantized model: export, frames, settings, versions."""
     nncf = nncf_module()
@@ -151,11 +160,8 @@ def digest(plan, source_key):
     files = chosen + held_out
     if plan.validation_folder:
         files += [p for pair in validation_pairs(plan) for p in pair]
-    stats = []
-    for path in files:
-        info = os.stat(path)
-        stats.append([os.path.abspath(path), info.st_size, info.st_mtime_ns])
-    fields = {'export': source_key, 'files': stats, 'validation': bool(plan.validation_folder),
+    # By content: a copy or a re-sync of the same frames (new file times) keeps the key.
+    fields = {'export': source_key, 'files': [file_digest(path) for path in files], 'validation': bool(plan.validation_folder),
               'max_drop': float(plan.max_miou_drop), 'frames': int(plan.calibration_frames),
               'nncf': nncf.__version__, 'openvino': openvino.__version__,
               'rules': [RANKING_FRAMES, HELD_OUT_FRAMES, MAX_REVERTS]}
