@@ -161,7 +161,8 @@ def digest(plan, source_key):
     if plan.validation_folder:
         files += [p for pair in validation_pairs(plan) for p in pair]
     # By content: a copy or a re-sync of the same frames (new file times) keeps the key.
-    fields = {'export': source_key, 'files': [file_digest(path) for path in files], 'validation': bool(plan.validation_folder),
+    fields = {'export': source_key, 'files': [file_digest(path) for path in files],
+              'validation': bool(plan.validation_folder),
               'max_drop': float(plan.max_miou_drop), 'frames': int(plan.calibration_frames),
               'nncf': nncf.__version__, 'openvino': openvino.__version__,
               'rules': [RANKING_FRAMES, HELD_OUT_FRAMES, MAX_REVERTS]}
