@@ -25,6 +25,7 @@ from semseg_ros.core.metrics import ConfusionMatrix
 from semseg_ros.core.runtimes import export as onnx_export
 from semseg_ros.core.runtimes.base import Heartbeat, RuntimeSetupError
 from semseg_ros.core.train import dataset
+from semseg_ros.core.weights import sha256_of
 import torch
 import torch.nn.functional as F
 
@@ -143,15 +144,6 @@ def validation_pairs(plan):
         raise RuntimeSetupError(f'int8.validation_folder: {exc}') from None
 
 
-def file_digest(path):
-    """Return the SHA-256 (hex) of a file's bytes."""
-    sha = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def digest(plan, source_key):
     """Return the cache key (hex) of a quantized model: export, frames, settings, versions."""
     nncf = nncf_module()
@@ -161,7 +153,7 @@ def digest(plan, source_key):
     if plan.validation_folder:
         files += [p for pair in validation_pairs(plan) for p in pair]
     # By content: a copy or a re-sync of the same frames (new file times) keeps the key.
-    fields = {'export': source_key, 'files': [file_digest(path) for path in files],
+    fields = {'export': source_key, 'files': [sha256_of(path) for path in files],
               'validation': bool(plan.validation_folder),
               'max_drop': float(plan.max_miou_drop), 'frames': int(plan.calibration_frames),
               'nncf': nncf.__version__, 'openvino': openvino.__version__,

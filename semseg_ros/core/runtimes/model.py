@@ -10,13 +10,13 @@ quantized (core/runtimes/int8.py); a refused quantization runs the fp32 export. 
 calls it like any model.
 """
 
-import hashlib
 import os
 import tempfile
 
 from semseg_ros.core.models.base import SegmentationModel
 from semseg_ros.core.runtimes import export as onnx_export
 from semseg_ros.core.runtimes.base import ExportError, RuntimeSetupError
+from semseg_ros.core.weights import sha256_of
 import torch
 
 ATTRIBUTES = ('num_classes', 'preprocess', 'class_set', 'classes', 'name', 'backend',
@@ -100,8 +100,7 @@ class RuntimeModel(SegmentationModel):
             sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
             self._check(('forward',) + shape, onnx_export.parity(source_run, runner, sample))
         if self.int8 is not None:
-            with open(self.onnx_file, 'rb') as f:
-                key = hashlib.sha256(f.read()).hexdigest()
+            key = sha256_of(self.onnx_file)
             return self._quantized(self.onnx_file, key, ('forward',) + shape, runner)
         return runner
 

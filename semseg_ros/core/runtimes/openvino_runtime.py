@@ -51,19 +51,15 @@ class OpenVinoRunner:
     def __call__(self, batch):
         """Run the compiled model on a (N, 3, H, W) float tensor; return its first output."""
         x = batch.detach().to('cpu', self.input_torch).contiguous()
-        slot = self._slots.get(tuple(x.shape))
-        if slot is None:
-            request = self.compiled.create_infer_request()
-            request.set_input_tensor(0, self._ov.Tensor(x.numpy(), shared_memory=True))
-            request.infer()
-            out = torch.from_numpy(request.get_output_tensor(0).data.copy())
-            if self._direct:
-                request.set_output_tensor(0, self._ov.Tensor(out.numpy(), shared_memory=True))
-            self._slots[tuple(x.shape)] = (request, out if self._direct else None)
-            return out
-        request, out = slot
+        key = tuple(x.shape)
+        request, out = self._slots.get(key) or (self.compiled.create_infer_request(), None)
         request.set_input_tensor(0, self._ov.Tensor(x.numpy(), shared_memory=True))
         request.infer()
-        if out is None:
-            return torch.from_numpy(request.get_output_tensor(0).data.copy())
+        if out is not None:
+            return out
+        out = torch.from_numpy(request.get_output_tensor(0).data.copy())
+        if self._direct:
+            # From now on the request writes into this tensor.
+            request.set_output_tensor(0, self._ov.Tensor(out.numpy(), shared_memory=True))
+        self._slots[key] = (request, out if self._direct else None)
         return out
