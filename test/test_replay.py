@@ -13,6 +13,7 @@ import sys
 import time
 
 from conftest import claim_domain
+from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
 import numpy as np
 import rclpy
@@ -42,6 +43,7 @@ from test_node_integration import stop_node
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60.0
 FRAMES = 20
+DONE = ('frames processed', 'frames dropped')
 
 
 def replay(bag, domain, *args):
@@ -82,10 +84,12 @@ class Recorder:
         self.executor.add_node(self.node)
         self.labels = {}
         self.grids = {}
+        self.counts = {}  # the node's newest 'frames ...' diagnostics of camera ''
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(Image, '/cam/segmentation/label', self.on_label, qos)
         self.node.create_subscription(OccupancyGrid, '/cam/segmentation/drivable_grid',
                                       self.on_grid, qos)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, qos)
 
     def on_label(self, msg):
         array, _ = image_to_array(msg)
@@ -93,6 +97,12 @@ class Recorder:
 
     def on_grid(self, msg):
         self.grids[stamp(msg)] = msg_to_grid(msg)
+
+    def on_diagnostics(self, msg):
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if 'frames received' in values:
+                self.counts = {k: int(v) for k, v in values.items() if k.startswith('frames ')}
 
     def spin_until(self, done, timeout):
         end = time.monotonic() + timeout
@@ -120,7 +130,10 @@ def test_replayed_bag_gives_the_offline_labels_for_every_frame(tmp_path):
                      for t, raw, msgtype in topics['/cam/segmentation/drivable_grid']}
 
     domain = claim_domain()
-    node = start_node(domain, *tiny, namespace='/cam')
+    # Reliable input with a history: a stall of the node's executor cannot lose a frame in DDS,
+    # so every frame reaches the node, which counts each one it drops for a newer one.
+    node = start_node(domain, *tiny, 'qos.input.reliability:=reliable', 'qos.input.depth:=10',
+                      namespace='/cam')
     recorder = Recorder(domain)
     player = None
     try:
@@ -129,13 +142,16 @@ def test_replayed_bag_gives_the_offline_labels_for_every_frame(tmp_path):
             lambda: recorder.node.count_subscribers('/cam/image') > 0
             and recorder.node.count_publishers('/cam/segmentation/label') > 0, TIMEOUT), \
             'the node did not come up'
-        # Half speed (5 Hz): the node keeps the newest frame only, so a stall of the shared
-        # CI machine longer than one frame period would drop one (seen once at 10 Hz).
+        # Half speed (5 Hz), far within the node's capacity. The node keeps the newest frame
+        # only: a stall of the shared CI machine longer than a frame period (seen at 10 Hz
+        # and at 5 Hz, at most one frame per run) drops one, and the node counts it.
         player = replay(bag, domain, '--rate', '0.5', '--start-delay', '1.0',
                         '--wait-subscribers', '30')
         recorder.spin_until(lambda: player.poll() is not None, TIMEOUT)
-        recorder.spin_until(lambda: len(recorder.labels) >= FRAMES
-                            and len(recorder.grids) >= FRAMES - 1, 10.0)
+        recorder.spin_until(lambda: recorder.counts.get('frames received') == FRAMES
+                            and sum(recorder.counts.get(k, 0) for k in DONE) == FRAMES, 10.0)
+        recorder.spin_until(lambda: len(recorder.labels) >= FRAMES - recorder.counts.get(
+            'frames dropped', 0), 5.0)
         replay_log = player.communicate(timeout=10)[0]
     finally:
         if player is not None and player.poll() is None:
@@ -150,12 +166,18 @@ def test_replayed_bag_gives_the_offline_labels_for_every_frame(tmp_path):
         assert frame_id == 'cam'
         assert np.array_equal(label, offline[stamp]), stamp
     # The node has no grid until its first camera_info (recorded just after the first image).
-    assert len(recorder.grids) >= FRAMES - 1, f'{replay_log}\n{node_log}'
+    assert set(recorder.labels) - {START} <= set(recorder.grids) <= set(recorder.labels), \
+        f'{replay_log}\n{node_log}'
     for key, grid in recorder.grids.items():
         assert np.array_equal(grid, offline_grids[key]), key
-    # 5 Hz of 48 x 64 frames is far within the node's capacity: no frame may be lost.
-    assert sorted(recorder.labels) == sorted(offline), \
-        f'{FRAMES - len(recorder.labels)} frames lost\n{replay_log}\n{node_log}'
+    # Every frame reached the node, and each one without a label is one the node counted as
+    # dropped for a newer frame; never more than a CI stall or two explains.
+    counts = recorder.counts
+    lost = FRAMES - len(recorder.labels)
+    assert counts['frames received'] == FRAMES, f'{counts}\n{replay_log}\n{node_log}'
+    assert counts['frames processed'] == len(recorder.labels), counts
+    assert counts['frames dropped'] == lost <= 2, f'{counts}\n{replay_log}\n{node_log}'
+    assert START + (FRAMES - 1) * 10**8 in recorder.labels  # the newest frame is never dropped
 
 
 def test_replay_timing_without_subscribers_and_errors(tmp_path):
