@@ -8,6 +8,8 @@ count and versions), so later starts do not race again. Without a fixed input si
 such runtime runs (exported per frame size on first use). On CUDA, torch (``tensorrt`` is asked
 for by name: its engine builds take minutes). An ``onnx`` backend model runs on onnxruntime.
 ``precision: int8`` runs on OpenVINO on the CPU, at a fixed input size (core/runtimes/int8.py).
+``precision: bf16`` on the CPU runs on OpenVINO where the CPU has bf16 units (at a fixed input
+size), else on torch's autocast.
 The choice and its reason are returned for the log and diagnostics.
 """
 
@@ -17,6 +19,7 @@ from semseg_ros.core.runtimes import export as onnx_export
 from semseg_ros.core.runtimes.base import available, import_runtime, Reporter, RUNTIMES
 from semseg_ros.core.runtimes.base import RuntimeChoice, RuntimeSetupError, thread_budget
 from semseg_ros.core.runtimes.model import RuntimeModel
+from semseg_ros.core.runtimes.openvino_runtime import bf16_units
 from semseg_ros.core.weights import export_cache_dir
 import torch
 
@@ -34,6 +37,8 @@ def auto_runtime(model, device, precision='fp32', compiled=False):
     if device.type != 'cpu':
         return 'torch', (f'auto: {device.type.upper()} device runs torch (model.runtime '
                          'tensorrt asks for TensorRT)')
+    if precision == 'bf16' and not compiled and bf16_units():
+        return 'openvino', 'auto: precision bf16 runs on OpenVINO (this CPU has bf16 units)'
     if precision != 'fp32':
         return 'torch', f'auto: precision {precision} runs on torch (autocast)'
     if compiled:
@@ -65,10 +70,22 @@ def check_request(runtime, model, device, precision, compiled):
                 f'openvino, device cpu), not on {runtime} on {device}')
         import_runtime(runtime)
         return
-    if precision != 'fp32' and not (runtime == 'tensorrt' and precision == 'fp16'):
+    if precision == 'bf16' and runtime == 'openvino':
+        if isinstance(model, OnnxModel):
+            raise RuntimeSetupError(
+                'precision bf16 on OpenVINO is checked against the torch model under bf16 '
+                'autocast; an onnx backend model has none: set precision to fp32')
+        if not bf16_units():
+            import_runtime(runtime)  # not installed: say so first
+            raise RuntimeSetupError(
+                'precision bf16 on OpenVINO needs a CPU with bf16 units (AVX512-BF16 or AMX); '
+                'this one has none: set precision to fp32, or model.runtime to torch '
+                '(autocast)')
+    elif precision != 'fp32' and not (runtime == 'tensorrt' and precision == 'fp16'):
         raise RuntimeSetupError(
             f'precision {precision} with model.runtime {runtime}: {runtime} runs fp32 here '
-            '(fp16 and bf16 run on torch autocast; fp16 also on tensorrt)')
+            '(fp16 and bf16 run on torch autocast; fp16 also on tensorrt; bf16 also on '
+            'openvino)')
     import_runtime(runtime)
     if runtime == 'openvino' and device.type != 'cpu':
         raise RuntimeSetupError(f'model.runtime openvino runs on the CPU here, not on '
@@ -122,10 +139,10 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
     threads = thread_budget()
     folder = cache if cache is not None else export_cache_dir()
     onnx_file = model.path if isinstance(model, OnnxModel) else None
-    if requested == 'auto' and input_size and not onnx_file:
+    if requested == 'auto' and input_size and not onnx_file and precision == 'fp32':
         return fastest(model, device, input_size, upsample, threads, folder, report)
     wrapped = RuntimeModel(model, runtime, device, threads, report, folder,
-                           fp16=precision == 'fp16', onnx_file=onnx_file)
+                           precision=precision, onnx_file=onnx_file)
     choice = RuntimeChoice(runtime, requested, reason, threads=threads, model=wrapped)
     wrapped.choice = choice
     if input_size:
@@ -139,6 +156,9 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
         figures = wrapped.parity.get(key)
         if figures:
             choice.reason += f', labels {100.0 * figures["agreement"]:.2f} % equal'
+            if 'torch_bf16' in figures:
+                choice.reason += (f' to fp32 (torch bf16 autocast: '
+                                  f'{100.0 * figures["torch_bf16"]:.2f} %)')
     return choice
 
 

@@ -4,7 +4,9 @@ RuntimeModel: a SegmentationModel whose forward (and logits) another runtime exe
 Per entry point and input size it holds one runner: the ONNX export of the torch model (from
 the cache folder, or exported and checked against torch on a sample frame) run by
 onnxruntime, OpenVINO or TensorRT; where the export fails or its labels differ from torch's
-on more than 0.1 % of the pixels, the torch model itself, with a warning. An ``onnx``
+on more than 0.1 % of the pixels, the torch model itself, with a warning. In bf16 (OpenVINO)
+the labels may differ as much as torch's own bf16 autocast differs from fp32 on the same
+frame, plus 0.5 % (bf16 keeps 8 bits of mantissa: labels near a class boundary flip). An ``onnx
 backend model is run from its own file. With an int8 plan (OpenVINO), the checked export is
 quantized (core/runtimes/int8.py); a refused quantization runs the fp32 export. The engine
 calls it like any model.
@@ -28,10 +30,25 @@ def own_logits(model):
     return getattr(type(model), 'logits', None) is not SegmentationModel.logits
 
 
+def autocast_bf16(run, device):
+    """Return ``run`` under torch's bf16 autocast (the reference of a bf16 runtime)."""
+    def call(batch):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return run(batch)
+    return call
+
+
+def parity_min(figures):
+    """Return the least label agreement accepted for a runtime's parity figures."""
+    if 'torch_bf16' in figures:  # bf16: as close as torch's own bf16 is, less 0.5 %
+        return min(onnx_export.PARITY_MIN, float(figures['torch_bf16']) - 0.005)
+    return onnx_export.PARITY_MIN
+
+
 class RuntimeModel(SegmentationModel):
     """Run ``source`` with a runtime: exported per (entry, height, width) on first use."""
 
-    def __init__(self, source, runtime, device, threads, report, cache, fp16=False,
+    def __init__(self, source, runtime, device, threads, report, cache, precision='fp32',
                  onnx_file=None, int8=None):
         super().__init__()
         self.source = source
@@ -43,7 +60,8 @@ class RuntimeModel(SegmentationModel):
         self.threads = int(threads)
         self.report = report
         self.cache = cache
-        self.fp16 = bool(fp16)
+        self.precision = precision  # fp32; fp16 (tensorrt) or bf16 (openvino)
+        self.fp16 = precision == 'fp16'
         self.onnx_file = onnx_file
         self.int8 = int8  # an int8.Int8Plan, or None for fp32
         self.int8_results = {}  # (entry, h, w) -> (accepted, figures or reason)
@@ -122,11 +140,13 @@ class RuntimeModel(SegmentationModel):
             record = {'key': key, 'entry': entry, 'input': list(shape), 'parity': {},
                       **onnx_export.library_versions()}
         runner = self.make_runner(path)
-        tag = f'{self.runtime} {runner.version} {self.device.type} ' + \
-            ('fp16' if self.fp16 else 'fp32')
+        tag = f'{self.runtime} {runner.version} {self.device.type} {self.precision}'
         figures = record.get('parity', {}).get(tag)
         if figures is None:
             figures = onnx_export.parity(torch_run, runner, sample)
+            if self.precision == 'bf16':
+                figures['torch_bf16'] = onnx_export.parity(
+                    torch_run, autocast_bf16(torch_run, self.device), sample)['agreement']
             record.setdefault('parity', {})[tag] = figures
             onnx_export.write_record(record_path, record)
         self._check((entry,) + shape, figures)
@@ -153,10 +173,11 @@ class RuntimeModel(SegmentationModel):
         """Raise ExportError unless the runtime's labels match enough of torch's."""
         self.parity[key] = figures
         agreement = float(figures.get('agreement', 0.0))
-        if agreement < onnx_export.PARITY_MIN:
+        least = parity_min(figures)
+        if agreement < least:
             why = figures.get('error') or (
                 f'labels equal on {100.0 * agreement:.2f} % of a sample frame, below '
-                f'{100.0 * onnx_export.PARITY_MIN:.1f} %')
+                f'{100.0 * least:.1f} %')
             raise ExportError(f'parity check failed: {why}')
 
     def make_runner(self, path):
@@ -164,7 +185,8 @@ class RuntimeModel(SegmentationModel):
         if self.runtime == 'openvino':
             from semseg_ros.core.runtimes.openvino_runtime import OpenVinoRunner
             return OpenVinoRunner(path, self.device, self.threads,
-                                  cache=os.path.join(self._folder(), 'openvino'))
+                                  cache=os.path.join(self._folder(), 'openvino'),
+                                  bf16=self.precision == 'bf16')
         from semseg_ros.core.runtimes.onnx_runtime import OrtRunner
         return OrtRunner(path, self.device, self.threads, self.runtime, self.fp16,
                          cache=os.path.join(self._folder(), 'tensorrt'),

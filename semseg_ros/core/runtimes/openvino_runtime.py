@@ -2,8 +2,9 @@
 OpenVINO adapter: ``core.compile_model`` of an ONNX file behind the call of a torch model.
 
 CPU only here (OpenVINO's GPU plugin is for Intel GPUs). Compiled for latency: one stream,
-the node's thread budget, and fp32 inference (on CPUs with bf16 units OpenVINO would
-otherwise run in bf16 by default, which changed 1.6 % of ESPNetv2's labels here). Compiled
+the node's thread budget, and fp32 inference unless bf16 is asked for (on CPUs with bf16 units
+OpenVINO would otherwise run in bf16 by default, which changed 1.6 % of ESPNetv2's labels on
+the parity sample here). bf16 needs a CPU that computes in it (AVX512-BF16 or AMX). Compiled
 models are cached in the cache folder, so a restart does not compile again. Once the output
 shape of an input shape is known, the output is written straight into a torch tensor kept for
 that shape: a new one per call would land on fresh pages past glibc's 32 MiB mmap limit
@@ -11,27 +12,43 @@ that shape: a new one per call would land on fresh pages past glibc's 32 MiB mma
 call returns is valid until the next call with the same input shape.
 """
 
+import functools
 import os
 
 from semseg_ros.core.runtimes.base import import_runtime, RuntimeSetupError
 import torch
 
 
+@functools.lru_cache(maxsize=1)
+def bf16_units():
+    """Return True when OpenVINO is installed and the CPU computes in bf16 natively."""
+    try:
+        ov = import_runtime('openvino')
+        return 'BF16' in ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+    except Exception:  # noqa: B902 - not installed, or a plugin that cannot say
+        return False
+
+
 class OpenVinoRunner:
     """Run one ONNX file with OpenVINO on the CPU: ``runner(batch)`` -> logits tensor."""
 
-    def __init__(self, path, device, threads, cache=''):
+    def __init__(self, path, device, threads, cache='', bf16=False):
         ov = import_runtime('openvino')
         if device.type != 'cpu':
             raise RuntimeSetupError(
                 f'model.runtime openvino runs on the CPU here, not on {device}: set device to '
                 'cpu, or model.runtime to auto, torch or tensorrt')
+        if bf16 and not bf16_units():
+            raise RuntimeSetupError(
+                'precision bf16 on OpenVINO needs a CPU with bf16 units (AVX512-BF16 or AMX); '
+                'this one has none: set precision to fp32')
         self.path = str(path)
         self.device = device
         self.version = ov.__version__
         self._ov = ov
         config = {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1,
-                  'INFERENCE_NUM_THREADS': int(threads), 'INFERENCE_PRECISION_HINT': 'f32'}
+                  'INFERENCE_NUM_THREADS': int(threads),
+                  'INFERENCE_PRECISION_HINT': 'bf16' if bf16 else 'f32'}
         if cache:
             os.makedirs(cache, exist_ok=True)
             config['CACHE_DIR'] = cache
