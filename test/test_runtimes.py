@@ -99,8 +99,17 @@ def test_auto_picks_onnxruntime_on_cpu_and_torch_elsewhere():
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
     assert choose.auto_runtime(model, cpu)[0] == 'onnxruntime'
     assert choose.auto_runtime(model, cuda)[0] == 'torch'
-    assert choose.auto_runtime(model, cpu, precision='bf16')[0] == 'torch'
     assert choose.auto_runtime(model, cpu, compiled=True)[0] == 'torch'
+
+
+@pytest.mark.parametrize('units, expected', [(True, 'openvino'), (False, 'torch')])
+def test_auto_runs_bf16_on_openvino_only_where_the_cpu_has_bf16_units(monkeypatch, units,
+                                                                       expected):
+    monkeypatch.setattr(choose, 'bf16_units', lambda: units)
+    runtime, reason = choose.auto_runtime(Tiny(), torch.device('cpu'), precision='bf16')
+    assert runtime == expected
+    assert ('bf16 units' if units else 'autocast') in reason
+    assert choose.auto_runtime(Tiny(), torch.device('cpu'), 'fp16')[0] == 'torch'
 
 
 def test_auto_without_onnxruntime_runs_torch(monkeypatch):
@@ -382,6 +391,64 @@ def test_options_that_need_torch_are_refused_by_other_runtimes():
         prepare(Tiny(), 'onnxruntime', 'cpu', (64, 48), compiled=True)
     with pytest.raises(RuntimeSetupError, match='openvino runs on the CPU'):
         choose.check_request('openvino', Tiny(), torch.device('cuda'), 'fp32', False)
+
+
+def test_bf16_on_openvino_is_refused_with_the_fix_where_it_cannot_run(monkeypatch, tmp_path):
+    if not base.available('openvino'):
+        pytest.skip('openvino is not installed')
+    monkeypatch.setattr(choose, 'bf16_units', lambda: False)
+    with pytest.raises(RuntimeSetupError, match='needs a CPU with bf16 units.*precision to fp32'):
+        prepare(Tiny(), 'openvino', 'cpu', (64, 48), precision='bf16')
+    pytest.importorskip('onnx')
+    from semseg_ros.core.models.onnx import build, save
+    path = tmp_path / 'tiny.onnx'
+    save(Tiny(), path, 4, Tiny.preprocess, example_size=(64, 48))
+    with pytest.raises(RuntimeSetupError, match='an onnx backend model has none'):
+        prepare(build({'weights': str(path)}), 'openvino', 'cpu', (64, 48), precision='bf16')
+
+
+def test_bf16_parity_is_measured_against_torch_bf16():
+    from semseg_ros.core.runtimes.model import parity_min
+    assert parity_min({'agreement': 1.0}) == onnx_export.PARITY_MIN
+    assert parity_min({'agreement': 0.99, 'torch_bf16': 0.99}) == pytest.approx(0.985)
+    assert parity_min({'agreement': 1.0, 'torch_bf16': 1.0}) == pytest.approx(0.995)
+
+
+def bf16_here():
+    from semseg_ros.core.runtimes.openvino_runtime import bf16_units
+    if not bf16_units():
+        pytest.skip('needs OpenVINO and a CPU with bf16 units (AVX512-BF16 or AMX)')
+
+
+def test_bf16_runs_on_openvino_in_bf16_with_torch_labels(cache):
+    bf16_here()
+    model = Tiny(seed=5)
+    log = Log()
+    seg = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(96, 64),
+                    precision='bf16', runtime='auto', report=log.reporter())
+    assert seg.runtime.runtime == 'openvino', seg.runtime.reason
+    assert 'bf16 units' in seg.runtime.reason and 'torch bf16 autocast' in seg.runtime.reason
+    runner = next(iter(seg.model.runners.values()))
+    assert 'bfloat16' in str(runner.compiled.get_property('INFERENCE_PRECISION_HINT'))
+    record = json.loads(next(cache.glob('*.json')).read_text())
+    (tag, figures), = record['parity'].items()
+    assert tag.endswith('cpu bf16') and 0.9 <= figures['torch_bf16'] <= 1.0
+    ref = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(96, 64))
+    batch = frames([(96, 64), (120, 90)], seed=7)
+    for a, b in zip(labels(seg, batch), labels(ref, batch)):
+        assert (a == b).mean() >= 0.98
+    assert not log.warnings
+
+
+def test_bf16_export_that_differs_falls_back_to_torch_autocast(cache):
+    bf16_here()
+    model = Tiny(flip_in_export=True)
+    log = Log()
+    seg = Segmenter(model, class_sets.generic(4), device='cpu', input_size=(64, 48),
+                    precision='bf16', runtime='openvino', report=log.reporter())
+    assert seg.runtime.runtime == 'torch' and 'parity check failed' in seg.runtime.reason
+    assert seg.model is model and seg.dtype == torch.bfloat16
+    assert 'labels equal on' in log.warnings[0]
 
 
 def test_heartbeat_reports_while_a_slow_step_runs():
