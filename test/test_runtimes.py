@@ -103,8 +103,7 @@ def test_auto_picks_onnxruntime_on_cpu_and_torch_elsewhere():
 
 
 @pytest.mark.parametrize('units, expected', [(True, 'openvino'), (False, 'torch')])
-def test_auto_runs_bf16_on_openvino_only_where_the_cpu_has_bf16_units(monkeypatch, units,
-                                                                       expected):
+def test_auto_runs_bf16_on_openvino_only_with_bf16_units(monkeypatch, units, expected):
     monkeypatch.setattr(choose, 'bf16_units', lambda: units)
     runtime, reason = choose.auto_runtime(Tiny(), torch.device('cpu'), precision='bf16')
     assert runtime == expected
