@@ -23,7 +23,8 @@ three cameras in one node / three single-camera nodes) it reports:
   peak RSS (VmHWM), the node's own 'frames dropped' (from /diagnostics) and published - received.
 
 Every node configuration runs once per entry of `--runtimes` (default `torch auto`): `torch`,
-`onnxruntime`, `openvino`, `tensorrt`, `auto` (node parameter model.runtime) or `int8`
+`onnxruntime`, `openvino`, `tensorrt`, `auto` (node parameter model.runtime), `bf16`
+(model.runtime auto, precision bf16: OpenVINO where the CPU has bf16 units) or `int8`
 (model.runtime openvino, precision int8, calibrated on `--calibration-folder`, checked on
 `--validation-folder` when given). The node's own account of its runtime (`/diagnostics`
 'runtime') is reported with each row.
@@ -43,7 +44,7 @@ output images of the same sizes: publisher -> echo -> subscriber), for each Fast
 
     python benchmarks/e2e_bench.py [--sizes 480x360 1280x720 1920x1080]
         [--models espnet espnetv2] [--transport raw compressed] [--cameras 1 3 3x1]
-        [--runtimes torch onnxruntime openvino auto int8] [--calibration-folder DIR]
+        [--runtimes torch onnxruntime openvino auto bf16 int8] [--calibration-folder DIR]
         [--validation-folder MODEL=DATASET] [--seconds 10] [--markdown docs/PERFORMANCE.md]
 
 Weights: the published files from $SEMSEG_ROS_CACHE (default ../shared/assets/models beside the
@@ -92,7 +93,7 @@ CAMERA_MODES = {'1': (1, 1), '3': (3, 1), '3x1': (3, 3)}  # mode: (cameras, node
 CAMERA_LABELS = {'1': '1', '3': '3 in 1 node', '3x1': '3 nodes'}
 NODE_TIMEOUT = 180.0  # node start-up (imports, model load, warm-up) on a busy machine
 CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
-RUNTIME_ENTRIES = ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'auto', 'int8')
+RUNTIME_ENTRIES = ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'auto', 'bf16', 'int8')
 EXPORT_CACHE = ROOT / 'build' / 'runtimes'  # as the Makefile: the shared folder is read-only
 SETUP_TIMEOUT = 1800.0  # a bare forward that exports, races or quantizes the model first
 
@@ -606,6 +607,9 @@ def runtime_setup(entry, args, model=''):
     """
     setup = {'entry': entry, 'runtime': entry, 'precision': 'fp32', 'int8': None,
              'params': [f'model.runtime:={entry}']}
+    if entry == 'bf16':
+        setup.update(runtime='auto', precision='bf16',
+                     params=['model.runtime:=auto', 'precision:=bf16'])
     if entry != 'int8':
         return setup
     folders = {'calibration_folder': args.calibration_folder,
@@ -1591,8 +1595,8 @@ def parse_args(argv):
     parser.add_argument('--runtimes', nargs='+', default=['torch', 'auto'],
                         choices=RUNTIME_ENTRIES,
                         help='node configurations: model.runtime (torch, onnxruntime, openvino, '
-                             'tensorrt, auto) or int8 (openvino, precision int8); each node row '
-                             'is measured once per entry')
+                             'tensorrt, auto), bf16 (auto, precision bf16) or int8 (openvino, '
+                             'precision int8); each node row is measured once per entry')
     calibration = ASSETS / 'camvid_train' / 'images'
     parser.add_argument('--calibration-folder',
                         default=str(calibration) if calibration.is_dir() else '',
