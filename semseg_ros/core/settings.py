@@ -81,8 +81,8 @@ PARAMETERS = (
          "'cuda' or 'cuda:N'.", change='swap'),
     Spec('precision', 'fp32', 'Inference precision: fp32; fp16/bf16 (torch autocast; fp16 '
          'also on tensorrt; bf16 also on openvino, which auto picks on a CPU with bf16 units '
-         'at a fixed input size); int8 (CPU, OpenVINO: the export quantized with NNCF on frames of '
-         'int8.calibration_folder, accepted only where the mIoU drops by at most '
+         'at a fixed input size); int8 (CPU, OpenVINO: the export quantized with NNCF on '
+         'frames of int8.calibration_folder, accepted only where the mIoU drops by at most '
          'int8.max_miou_drop, else fp32 with a warning; needs a fixed input size).',
          choices=('fp32', 'fp16', 'bf16', 'int8'), change='swap'),
     Spec('int8.calibration_folder', '', 'precision int8: folder of camera frames (png, jpg; '
