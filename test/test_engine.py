@@ -100,6 +100,42 @@ def test_model_input_equals_a_planar_reference(color, channels, dtype, order, si
     assert torch.allclose(recorder.seen, expected, atol=1e-4)
 
 
+def letterboxed(module, size):
+    spec = Preprocess(input_size=size, resize='letterbox')
+    return Segmenter(ModuleModel(module, 3, spec, name='tiny'), classes.generic(3),
+                     device='cpu')
+
+
+def test_letterbox_scales_once_pads_grey_and_crops_back():
+    img = stripes(24, 72)
+    recorder = Recorder()
+    seg = letterboxed(recorder, (48, 48))
+    out = seg.process([Frame(img, 'rgb')], ('label',))[0]['label']
+    # The frame keeps its 3:1 aspect ratio: 48 x 16 at the top, grey below.
+    planar = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None]
+    top = torch.nn.functional.interpolate(planar, size=(16, 48), mode='bilinear',
+                                          align_corners=False)
+    seen = (recorder.seen - seg._bias) / seg._gain
+    assert recorder.seen.shape == (1, 3, 48, 48)
+    assert torch.allclose(seen[:, :, :16], top, atol=1e-3)
+    assert torch.allclose(seen[:, :, 16:], torch.full_like(seen[:, :, 16:], 114.0), atol=1e-3)
+    # Labels come back at the frame's size from the valid region only (the grey rows would
+    # be class 0 all across the bottom of the frame).
+    assert out.shape == (24, 72)
+    assert (out == expected_labels(24, 72)).mean() >= 0.97
+    assert (out[:, 30:42] == 1).all() and (out[:, 54:] == 2).all()
+
+
+def test_letterbox_with_logits_at_a_quarter_and_a_tall_frame():
+    img = np.ascontiguousarray(np.rot90(stripes(24, 72)))  # 72 rows, 24 columns
+    out = letterboxed(Pooled(), (48, 48)).process([Frame(img, 'rgb')], ('label',))[0]['label']
+    expected = np.ascontiguousarray(np.rot90(expected_labels(24, 72)))
+    assert out.shape == (72, 24)
+    assert (out == expected).mean() >= 0.9
+    stretched = make(Pooled(), input_size=(48, 48)).process([Frame(img, 'rgb')], ('label',))
+    assert (stretched[0]['label'] == expected).mean() >= 0.9  # stretch stays as it was
+
+
 def test_bgr_model_sees_bgr():
     # A BGR model's channel 0 is blue: the blue band becomes class 0.
     out = make(order='bgr').process([Frame(stripes(), 'rgb')], ('label',))[0]

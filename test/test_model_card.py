@@ -29,7 +29,7 @@ def test_write_read_round_trip(tmp_path):
     pre = card.preprocessing()
     assert pre == Preprocess('bgr', (110.33, 108.41, 105.03), (72.13, 72.69, 69.90),
                              0.00392157, (480, 360), 1)
-    assert preprocess_to_dict(pre) == PRE
+    assert preprocess_to_dict(pre) == dict(PRE, resize='stretch')
     assert card.output_kind == 'logits' and card.output_name is None
     assert card_class_set(card).name == 'camvid'
     assert card_model_path(card, path) == tmp_path / 'model.ts'
@@ -103,6 +103,17 @@ def test_read_errors(tmp_path):
     path.write_text('semseg_ros_model_card: [1\n')
     with pytest.raises(CardError, match='cannot read'):
         read_card(path)
+
+
+def test_resize_mode_round_trips_and_is_checked(tmp_path):
+    write_card(_card(preprocess=dict(PRE, resize='letterbox')), tmp_path)
+    assert read_card(tmp_path).preprocessing().resize == 'letterbox'
+    with pytest.raises(CardError, match="resize: 'stretch' or 'letterbox', not 'crop'"):
+        write_card(_card(preprocess=dict(PRE, resize='crop')), tmp_path)
+    path = tmp_path / CARD_FILE
+    path.write_text(path.read_text().replace('letterbox', 'crop'))
+    with pytest.raises(CardError, match="resize: 'stretch' or 'letterbox', not 'crop'"):
+        read_card(tmp_path)
 
 
 def test_find_card(tmp_path):

@@ -60,6 +60,9 @@ def test_semantic_model_runs_in_the_ultralytics_backend(sem_pt):
     # backend auto recognises the pickle by its module names, without loading it.
     assert detect(sem_pt)[0] == 'ultralytics'
     assert load_model('auto', str(sem_pt), allow_pickle=True).num_classes == 19
+    # At a fixed imgsz the frame is letterboxed, as Ultralytics trains and predicts.
+    fixed = create_model('ultralytics', weights=str(sem_pt), allow_pickle=True, imgsz=64)
+    assert fixed.preprocess.input_size == (64, 64) and fixed.preprocess.resize == 'letterbox'
 
 
 def test_semantic_onnx_export_runs_in_the_onnx_backend(sem_pt):
@@ -80,6 +83,14 @@ def test_semantic_onnx_export_runs_in_the_onnx_backend(sem_pt):
     want = Segmenter(eager, eager.classes, device='cpu').process(frames(), ('label',))
     same = np.mean([np.mean(a['label'] == b['label']) for a, b in zip(result, want)])
     assert same >= 0.999
+    # A 96x64 frame is letterboxed into the fixed 64x64 input (not stretched): the same labels
+    # as the .pt model letterboxed to 64 by the engine.
+    assert model.preprocess.resize == 'letterbox'
+    wide = frames((96, 64), 1)
+    fixed = create_model('ultralytics', weights=str(sem_pt), allow_pickle=True, imgsz=64)
+    got = seg.process(wide, ('label',))[0]['label']
+    want = Segmenter(fixed, fixed.classes, device='cpu').process(wide, ('label',))[0]['label']
+    assert got.shape == (64, 96) and np.mean(got == want) >= 0.999
 
 
 def test_instance_onnx_export_points_to_the_ultralytics_backend(tmp_path):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from semseg_ros.core import render
 from semseg_ros.core import runtimes
-from semseg_ros.core.models.base import SegmentationModel
+from semseg_ros.core.models.base import LETTERBOX_GREY, SegmentationModel
 from semseg_ros.core.upsample import upsample_labels
 import torch
 import torch.nn.functional as F
@@ -123,6 +123,24 @@ def _synchronize(device):
     """Wait for queued device work (CUDA only) so stage timings are honest."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
+
+
+def letterbox(chw, size):
+    """
+    Scale a (C, H, W) 0..255 frame to fit ``size`` (width, height) with its aspect ratio kept.
+
+    The rest is padded with LETTERBOX_GREY at the bottom and right. Returns the padded frame
+    and its valid region (h, w, height, width), as the postprocessing crops it.
+    """
+    h, w = chw.shape[1:]
+    tw, th = size
+    scale = min(tw / w, th / h)
+    nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
+    if (nw, nh) != (w, h):
+        chw = F.interpolate(chw[None], size=(nh, nw), mode='bilinear', align_corners=False)[0]
+    if (nw, nh) != (tw, th):
+        chw = F.pad(chw, (0, tw - nw, 0, th - nh), value=LETTERBOX_GREY)
+    return chw, (nh, nw, th, tw)
 
 
 class Segmenter:
@@ -283,10 +301,12 @@ class Segmenter:
             h, w = chw.shape[1:]
             if self.input_size:
                 tw, th = self.input_size
-                if (w, h) != (tw, th):
+                valid = (th, tw, th, tw)
+                if (w, h) != (tw, th) and self.preprocess.resize == 'letterbox':
+                    chw, valid = letterbox(chw, (tw, th))
+                elif (w, h) != (tw, th):
                     chw = F.interpolate(chw[None], size=(th, tw), mode='bilinear',
                                         align_corners=False)[0]
-                valid = (th, tw, th, tw)
             else:
                 tw, th = self._round_size((w, h))
                 if (w, h) != (tw, th):

@@ -4,7 +4,8 @@ semseg-ros-model: inspect, check and describe a model file before the node runs 
     semseg-ros-model inspect FILE [--backend B] [--options YAML] [--allow-pickle]
     semseg-ros-model check FILE [--data DIR] [--compare MODEL] [--frames N]
     semseg-ros-model card FILE --mean R G B --std R G B --classes SET [--channel-order bgr]
-                               [--scale S] [--input-size W H] [--size-divisor D] ...
+                               [--scale S] [--input-size W H] [--size-divisor D]
+                               [--resize stretch|letterbox] ...
 
 ``inspect`` prints the backend (inferred when --backend is auto), the file's inputs and
 outputs, its card or metadata, the preprocessing that will be used and where it comes from,
@@ -81,7 +82,7 @@ def _fmt_pre(pre):
     size = 'frame size' if pre.input_size is None else '%dx%d' % tuple(pre.input_size)
     return (f'channel_order {pre.channel_order}, mean {[round(v, 4) for v in pre.mean]}, '
             f'std {[round(v, 4) for v in pre.std]}, scale {pre.scale:.6g}, input size {size}, '
-            f'size divisor {pre.size_divisor}')
+            f'size divisor {pre.size_divisor}, resize {pre.resize}')
 
 
 def io_lines(model):
@@ -244,7 +245,7 @@ def make_card(args, out=print):
         file = str(path.resolve())
     pre = {'channel_order': args.channel_order, 'mean': list(args.mean), 'std': list(args.std),
            'scale': args.scale, 'input_size': list(args.input_size) if args.input_size else None,
-           'size_divisor': args.size_divisor}
+           'size_divisor': args.size_divisor, 'resize': args.resize}
     card = ModelCard(file=file, format=fmt, num_classes=args.num_classes or len(classes),
                      classes=spec, preprocess=pre,
                      output={'kind': args.output_kind, 'name': args.output_name or None},
@@ -313,6 +314,8 @@ def parse_args(argv):
     p.add_argument('--input-size', type=int, nargs=2, metavar=('W', 'H'),
                    help='size the model runs at (default: each frame its own)')
     p.add_argument('--size-divisor', type=int, default=1)
+    p.add_argument('--resize', choices=('stretch', 'letterbox'), default='stretch',
+                   help='how a frame meets --input-size (default: stretch)')
     p.add_argument('--num-classes', type=int, default=0,
                    help='class count (default: that of the class set)')
     p.add_argument('--output-kind', default='logits', choices=OUTPUT_KINDS)

@@ -6,6 +6,11 @@ from typing import Optional, Tuple
 import torch
 
 
+RESIZE_MODES = ('stretch', 'letterbox')
+# The grey a letterboxed frame is padded with (0..255, as Ultralytics pads).
+LETTERBOX_GREY = 114.0
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """
@@ -25,11 +30,16 @@ class Preprocess:
     input_size: Optional[Tuple[int, int]] = None
     # Spatial sizes must be multiples of this (the engine pads or resizes to it).
     size_divisor: int = 1
+    # How a frame meets a fixed input_size: 'stretch' (resized to it) or 'letterbox' (scaled
+    # to fit with its aspect ratio kept, the rest padded with grey 114 at the bottom and right).
+    resize: str = 'stretch'
 
     def __post_init__(self):
         """Validate the fields."""
         if self.channel_order not in ('rgb', 'bgr'):
             raise ValueError(f"channel_order must be 'rgb' or 'bgr', not {self.channel_order!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be 'stretch' or 'letterbox', not {self.resize!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError('mean and std need three values (one per channel)')
         if any(s <= 0 for s in self.std):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from semseg_ros.core import classes as class_sets
-from semseg_ros.core.models.base import ModelError, Preprocess
+from semseg_ros.core.models.base import ModelError, Preprocess, RESIZE_MODES
 import yaml
 
 CARD_FILE = 'model.yaml'
@@ -39,7 +39,7 @@ FORMATS = ('torchscript', 'export', 'onnx', 'ultralytics', 'huggingface', 'smp',
 OUTPUT_KINDS = ('logits', 'probabilities', 'class_ids')
 # Preprocessing keys: those a card must give, and those with a default.
 PREPROCESS_REQUIRED = ('channel_order', 'mean', 'std', 'scale')
-PREPROCESS_OPTIONAL = {'input_size': None, 'size_divisor': 1}
+PREPROCESS_OPTIONAL = {'input_size': None, 'size_divisor': 1, 'resize': 'stretch'}
 PREPROCESS_KEYS = PREPROCESS_REQUIRED + tuple(PREPROCESS_OPTIONAL)
 # Keys an inline class set may carry on top of the class-set file format.
 ID_SPACE_KEY = 'id_space'
@@ -98,7 +98,7 @@ def preprocess_to_dict(pre):
     return {'channel_order': pre.channel_order, 'mean': [float(v) for v in pre.mean],
             'std': [float(v) for v in pre.std], 'scale': float(pre.scale),
             'input_size': [int(v) for v in pre.input_size] if pre.input_size else None,
-            'size_divisor': int(pre.size_divisor)}
+            'size_divisor': int(pre.size_divisor), 'resize': pre.resize}
 
 
 def preprocess_from_dict(data, where, required=PREPROCESS_REQUIRED):
@@ -140,6 +140,10 @@ def preprocess_from_dict(data, where, required=PREPROCESS_REQUIRED):
         if isinstance(div, bool) or not isinstance(div, int) or div < 1:
             raise CardError(f'{where}.size_divisor: a positive integer, not {div!r}')
         fields['size_divisor'] = div
+    if data.get('resize') is not None:
+        if data['resize'] not in RESIZE_MODES:
+            raise CardError(f"{where}.resize: 'stretch' or 'letterbox', not {data['resize']!r}")
+        fields['resize'] = data['resize']
     try:
         return Preprocess(**fields)
     except (TypeError, ValueError) as exc:

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 META_FILE = 'semseg_ros.yaml'
-PREPROCESS_KEYS = ('channel_order', 'mean', 'std', 'scale', 'input_size', 'size_divisor')
+PREPROCESS_KEYS = ('channel_order', 'mean', 'std', 'scale', 'input_size', 'size_divisor',
+                   'resize')
 # ImageNet normalisation in the engine's terms (pixels 0..255).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +48,7 @@ def dump_metadata(num_classes, preprocess, class_set=None):
             'channel_order': preprocess.channel_order, 'mean': [float(v) for v in preprocess.mean],
             'std': [float(v) for v in preprocess.std], 'scale': float(preprocess.scale),
             'input_size': list(preprocess.input_size) if preprocess.input_size else None,
-            'size_divisor': int(preprocess.size_divisor)}
+            'size_divisor': int(preprocess.size_divisor), 'resize': preprocess.resize}
     return yaml.safe_dump(meta, sort_keys=False)
 
 

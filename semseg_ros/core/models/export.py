@@ -19,6 +19,7 @@ a device during export stay on that device, so export on the device you deploy t
 CPU with device-free code.
 """
 
+import dataclasses
 import os
 
 from semseg_ros.core.models.base import ModelError, Preprocess, SegmentationModel
@@ -79,8 +80,7 @@ def save(module, path, num_classes, preprocess=Preprocess(), class_set=None, dyn
         example = torch.zeros(1, 3, h, w)
         shapes = None
         if not preprocess.input_size:
-            preprocess = Preprocess(preprocess.channel_order, preprocess.mean, preprocess.std,
-                                    preprocess.scale, (w, h), preprocess.size_divisor)
+            preprocess = dataclasses.replace(preprocess, input_size=(w, h))
     program = torch.export.export(module, (example,), dynamic_shapes=shapes)
     torch.export.save(program, path, extra_files={
         META_FILE: dump_metadata(num_classes, preprocess, class_set)})

@@ -16,7 +16,9 @@ runs with Preprocess's defaults, and the model carries one warning that says so
 (``model.warnings``).
 """
 
-from semseg_ros.core.models.base import ModelError, Preprocess
+import dataclasses
+
+from semseg_ros.core.models.base import ModelError
 from semseg_ros.core.models.card import OUTPUT_KINDS, preprocess_from_dict, PREPROCESS_KEYS
 import torch
 
@@ -46,8 +48,7 @@ def resolve_preprocess(meta, options, path, fixed_size=None):
             raise ModelError(f'{path}: the file is fixed to {fixed_size[0]}x{fixed_size[1]} '
                              f'input; model.options input_size {list(given["input_size"])} '
                              'cannot change that')
-        pre = Preprocess(pre.channel_order, pre.mean, pre.std, pre.scale,
-                         (int(fixed_size[0]), int(fixed_size[1])), pre.size_divisor)
+        pre = dataclasses.replace(pre, input_size=(int(fixed_size[0]), int(fixed_size[1])))
     if given and from_file:
         source = 'model.options over file metadata'
     elif given:

@@ -250,7 +250,8 @@ def ultralytics_metadata(meta_map, path):
         raise ModelError(f'{path}: unreadable Ultralytics metadata: {exc}') from None
     names = [raw[k] for k in sorted(raw)] if isinstance(raw, dict) else list(raw)
     return {'channel_order': 'rgb', 'mean': [0.0, 0.0, 0.0], 'std': [1.0, 1.0, 1.0],
-            'scale': 1.0 / 255.0, 'size_divisor': max(1, stride), 'names': names,
+            'scale': 1.0 / 255.0, 'size_divisor': max(1, stride), 'resize': 'letterbox',
+            'names': names,
             'task': str(meta_map.get('task', ''))}
 
 

@@ -222,7 +222,7 @@ def build(options):
     stride = int(max(getattr(net, 'stride', torch.tensor([32.0])).tolist()))
     size = int(opts['imgsz'])
     preprocess = Preprocess('rgb', (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0 / 255.0,
-                            (size, size) if size > 0 else None, stride)
+                            (size, size) if size > 0 else None, stride, 'letterbox')
     name = os.path.splitext(os.path.basename(path))[0]
     if semantic:
         return YoloSemanticModel(net, nc, preprocess, class_set, classes, name)

@@ -47,7 +47,7 @@ def preprocess_dict(preprocess, size):
             'mean': [float(v) for v in preprocess.mean],
             'std': [float(v) for v in preprocess.std], 'scale': float(preprocess.scale),
             'input_size': [int(size[0]), int(size[1])],
-            'size_divisor': int(preprocess.size_divisor)}
+            'size_divisor': int(preprocess.size_divisor), 'resize': preprocess.resize}
 
 
 def export_model_dir(model, classes, out, size, provenance=None):
@@ -74,7 +74,7 @@ def export_model_dir(model, classes, out, size, provenance=None):
         traced = torch.jit.freeze(traced.eval())
     pre = preprocess_dict(model.preprocess, (width, height))
     spec = Preprocess(pre['channel_order'], tuple(pre['mean']), tuple(pre['std']),
-                      pre['scale'], (width, height), pre['size_divisor'])
+                      pre['scale'], (width, height), pre['size_divisor'], pre['resize'])
     meta = dump_metadata(len(classes), spec, None)
     path = out / MODEL_FILE
     with warnings.catch_warnings():
