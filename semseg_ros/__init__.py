@@ -13,6 +13,9 @@ __version__ = '0.1.0'
 # libgomp reads it when torch loads, so it is set here, before any module of ours imports
 # torch; a value (or OMP_WAIT_POLICY) already in the environment wins.
 SPIN_COUNT = '30000'
-if 'torch' not in sys.modules and not any(
-        name in os.environ for name in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')):
+_USER_SET = any(name in os.environ for name in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY'))
+# True when torch was loaded before this package with libgomp's default: the engine warns
+# when it runs a model on onnxruntime or OpenVINO then (core/engine.py).
+SPIN_LATE = 'torch' in sys.modules and not _USER_SET
+if 'torch' not in sys.modules and not _USER_SET:
     os.environ['GOMP_SPINCOUNT'] = SPIN_COUNT

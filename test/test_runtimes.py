@@ -490,6 +490,28 @@ def test_openmp_spin_is_short_before_torch_loads(env, first, expected):
     assert out.strip().splitlines()[-1] == str(expected)
 
 
+@pytest.mark.parametrize('first, warned', [('semseg_ros', False), ('torch', True)])
+def test_torch_imported_first_is_warned_of_where_a_runtime_runs(first, warned, tmp_path):
+    code = (f'import {first}, warnings, torch\n'
+            'from semseg_ros.core import classes\n'
+            'from semseg_ros.core.engine import Segmenter\n'
+            'from semseg_ros.core.models.base import ModuleModel, Preprocess\n'
+            'model = ModuleModel(torch.nn.Conv2d(3, 3, 1), 3, Preprocess(), name="tiny")\n'
+            'with warnings.catch_warnings(record=True) as seen:\n'
+            '    warnings.simplefilter("always")\n'
+            '    for runtime in ("torch", "onnxruntime"):\n'
+            '        Segmenter(model, classes.generic(3), device="cpu", runtime=runtime,\n'
+            '                  input_size=(32, 24))\n'
+            '        print(runtime, any("GOMP_SPINCOUNT=30000" in str(w.message) '
+            'for w in seen))\n')
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')}
+    clean.update(SEMSEG_ROS_EXPORT_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, '-c', code], env=clean, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[-4:] == ['torch', 'False', 'onnxruntime', str(warned)]
+
+
 # CUDA (skipped without a GPU; benchmarks/gpu_check.sh runs these on a GPU machine).
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 @pytest.mark.parametrize('runtime, precision', [('auto', 'fp32'), ('torch', 'fp16'),

@@ -13,6 +13,7 @@ import threading
 import time
 
 import numpy as np
+import semseg_ros
 from semseg_ros.core import render
 from semseg_ros.core import runtimes
 from semseg_ros.core.models.base import LETTERBOX_GREY, SegmentationModel
@@ -211,6 +212,14 @@ class Segmenter:
             self.model, runtime, self.device, self.input_size, upsample, precision, compiled,
             report=report, int8=plan)
         self.model = self.runtime.model
+        if self.runtime.runtime != 'torch' and self.device.type == 'cpu' \
+                and semseg_ros.SPIN_LATE:
+            (report or runtimes.Reporter()).warning(
+                f'torch was imported before semseg_ros, so its idle OpenMP threads spin '
+                f"libgomp's default 300000 times after each torch step, on the cores "
+                f'{self.runtime.runtime} needs (OpenVINO ran ESPNet 20-40 % slower that way '
+                'here): import semseg_ros first, or set GOMP_SPINCOUNT=30000 in the '
+                'environment')
         if compiled:
             compile_model(self.model)
         self._lock = threading.Lock()
