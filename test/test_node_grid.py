@@ -1,6 +1,8 @@
 """The node's ground grid over DDS: OccupancyGrid and obstacle cloud from camera_info + pose."""
 
+import json
 import math
+import os
 
 from conftest import claim_domain
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -8,6 +10,7 @@ from nav_msgs.msg import OccupancyGrid
 import numpy as np
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
+from semseg_ros.core import ground
 from semseg_ros.core.models import torchscript
 from semseg_ros.core.models.base import Preprocess
 from semseg_ros.io import nav
@@ -44,7 +47,62 @@ def camera_info(header):
     return info
 
 
-def test_grid_and_obstacles(tmp_path):
+POSE = ('camera_pose.z:=1.2', f'camera_pose.pitch:={math.radians(15)}')
+# A stand-in for tf2_ros, which has no wheel here: lookups answer from a JSON file
+# {"source -> target": [x, y, z, qx, qy, qz, qw]} and fail while a key is missing.
+FAKE_TF2 = """
+import json
+import os
+
+from geometry_msgs.msg import TransformStamped
+
+
+class LookupException(Exception):
+    pass
+
+
+class Buffer:
+    def lookup_transform(self, target, source, time):
+        try:
+            with open(os.environ['FAKE_TF_FILE']) as f:
+                known = json.load(f)
+        except (OSError, ValueError):
+            known = {}
+        key = source + ' -> ' + target
+        if key not in known:
+            raise LookupException(key + ' is not in the buffer')
+        msg = TransformStamped()
+        t = msg.transform
+        (t.translation.x, t.translation.y, t.translation.z,
+         t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w) = known[key]
+        return msg
+
+
+class TransformListener:
+    def __init__(self, buffer, node):
+        self.buffer = buffer
+"""
+
+
+def quaternion(rotation):
+    """Return the unit quaternion of a proper 3x3 rotation matrix, as x, y, z, w."""
+    r = np.asarray(rotation, float)
+    w = math.sqrt(max(0.0, 1.0 + r[0, 0] + r[1, 1] + r[2, 2])) / 2.0
+    x = math.copysign(math.sqrt(max(0.0, 1.0 + r[0, 0] - r[1, 1] - r[2, 2])) / 2.0,
+                      r[2, 1] - r[1, 2])
+    y = math.copysign(math.sqrt(max(0.0, 1.0 - r[0, 0] + r[1, 1] - r[2, 2])) / 2.0,
+                      r[0, 2] - r[2, 0])
+    z = math.copysign(math.sqrt(max(0.0, 1.0 - r[0, 0] - r[1, 1] + r[2, 2])) / 2.0,
+                      r[1, 0] - r[0, 1])
+    return x, y, z, w
+
+
+def run_grid(tmp_path, pose=POSE, env=None, before_pose=None):
+    """
+    Run the node on the scene with camera_info; return (grid, clouds, free edge, log).
+
+    before_pose: called once the grid waits for the camera's pose (TF), with the harness.
+    """
     model = tmp_path / 'channels.pt'
     torchscript.save(Channels(), str(model), 3, Preprocess(scale=1.0 / 255.0))
     classes = tmp_path / 'rgb.yaml'
@@ -56,9 +114,8 @@ def test_grid_and_obstacles(tmp_path):
     process = start_node(
         domain, 'model.backend:=torchscript', f'model.weights:={model}', f'classes:={classes}',
         'grid.enabled:=true', 'grid.resolution:=0.1', 'grid.width:=100', 'grid.height:=80',
-        'grid.origin_x:=0.0', 'grid.origin_y:=-4.0', 'grid.max_range:=9.0',
-        'camera_pose.z:=1.2', f'camera_pose.pitch:={math.radians(15)}',
-        'diagnostics_period:=0.3')
+        'grid.origin_x:=0.0', 'grid.origin_y:=-4.0', 'grid.max_range:=9.0', *pose,
+        'diagnostics_period:=0.3', env=env)
     harness = Harness(domain, outputs=())
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     grids, clouds, free = [], [], []
@@ -85,6 +142,7 @@ def test_grid_and_obstacles(tmp_path):
         assert status.level == DiagnosticStatus.WARN, status
         assert status.message == 'grid: waiting for camera_info on /camera_info', status.message
         assert not grids
+        waited = before_pose is None
         for _ in range(int(TIMEOUT / 0.5)):
             header = Header(frame_id='camera_optical_frame',
                             stamp=harness.node.get_clock().now().to_msg())
@@ -93,7 +151,11 @@ def test_grid_and_obstacles(tmp_path):
             sent = harness.send(scene(), 'rgb8', stamp=header.stamp,
                                 frame_id='camera_optical_frame')
             harness.spin(0.5)
-            if any(g.header.stamp == sent.stamp for g in grids) and clouds and free:
+            if not waited and diagnostics_values(harness, 'grid')['grid'].startswith(
+                    'waiting for the pose'):
+                before_pose(harness)
+                waited = True
+            if waited and any(g.header.stamp == sent.stamp for g in grids) and clouds and free:
                 break
         else:
             raise AssertionError('no grid came back after camera_info')
@@ -101,6 +163,11 @@ def test_grid_and_obstacles(tmp_path):
         harness.close()
         log = stop_node(process)
     msg = next(g for g in grids if g.header.stamp == sent.stamp)
+    return msg, clouds, free, log
+
+
+def test_grid_and_obstacles(tmp_path):
+    msg, clouds, free, log = run_grid(tmp_path)
     assert msg.header.frame_id == 'base_link'
     assert msg.info.width == 100 and msg.info.height == 80
     assert len(msg.data) == msg.info.width * msg.info.height
@@ -120,3 +187,31 @@ def test_grid_and_obstacles(tmp_path):
     assert (points[:, 0] > 0).all()
     edge = nav.cloud_to_points(free[0])
     assert len(edge) > 0 and edge[:, 0].max() < points[:, 0].max()
+
+
+def test_grid_from_tf_equals_the_grid_from_parameters(tmp_path):
+    # camera_pose.source: tf looks the optical frame up in TF (here a stand-in for tf2_ros)
+    # and must give the same grid as the same pose given as parameters.
+    (tmp_path / 'tf2_ros').mkdir()
+    (tmp_path / 'tf2_ros' / '__init__.py').write_text(FAKE_TF2)
+    pose = ground.camera_pose(0.0, 0.0, 1.2, pitch=math.radians(15))
+    tf_file = tmp_path / 'tf.json'
+    env = {'FAKE_TF_FILE': str(tf_file),
+           'PYTHONPATH': os.pathsep.join([str(tmp_path), os.environ.get('PYTHONPATH', '')])}
+    seen = {}
+
+    def publish_pose(harness):
+        seen['waiting'] = diagnostics_values(harness, 'grid')['grid']
+        tf_file.write_text(json.dumps({'camera_optical_frame -> base_link': [
+            *pose[:3, 3].tolist(), *quaternion(pose[:3, :3])]}))
+
+    (tmp_path / 'tf').mkdir()
+    from_tf, _, _, log = run_grid(tmp_path / 'tf', ('camera_pose.source:=tf',), env,
+                                  publish_pose)
+    assert seen['waiting'] == 'waiting for the pose camera_optical_frame -> base_link (TF)'
+    assert 'no transform camera_optical_frame -> base_link' in log
+    (tmp_path / 'params').mkdir()
+    from_params = run_grid(tmp_path / 'params')[0]
+    cells = nav.msg_to_grid(from_tf)
+    assert (cells == 0).any() and (cells == 100).any()
+    assert np.array_equal(cells, nav.msg_to_grid(from_params))

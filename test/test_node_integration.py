@@ -127,8 +127,8 @@ def stamp_key(msg):
     return (msg.header.stamp.sec, msg.header.stamp.nanosec)
 
 
-def start_node(domain_id, *params, namespace=None):
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
+def start_node(domain_id, *params, namespace=None, env=None):
+    env = dict(os.environ, **(env or {}), ROS_DOMAIN_ID=str(domain_id))
     cmd = [sys.executable, '-m', 'semseg_ros.node', '--ros-args', '--params-file', str(PARAMS)]
     for param in params:
         cmd += ['-p', param]
