@@ -7,9 +7,9 @@ onnxruntime, OpenVINO or TensorRT; where the export fails or its labels differ f
 on more than 0.1 % of the pixels, the torch model itself, with a warning. In bf16 (OpenVINO)
 the labels may differ as much as torch's own bf16 autocast differs from fp32 on the same
 frame, plus 0.5 % (bf16 keeps 8 bits of mantissa: labels near a class boundary flip). An
-``onnx`` backend model is run from its own file. With an int8 plan (OpenVINO), the checked export is
-quantized (core/runtimes/int8.py); a refused quantization runs the fp32 export. The engine
-calls it like any model.
+``onnx`` backend model is run from its own file. With an int8 plan (OpenVINO), the checked
+export is quantized (core/runtimes/int8.py); a refused quantization runs the fp32 export.
+The engine calls it like any model.
 """
 
 import os
