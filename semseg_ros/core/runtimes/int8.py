@@ -11,11 +11,14 @@ export runs instead, with a warning. Quantized models (OpenVINO IR) are cached b
 export, keyed by the export, the frames and the settings; the JSON record keeps the figures.
 """
 
+import contextlib
 from dataclasses import dataclass
 import hashlib
+import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Callable
@@ -251,13 +254,35 @@ def quantized(onnx_path, source_key, plan, cache, report):
         if os.path.isfile(xml):
             report.info(f'int8: quantized model from the cache: {xml}')
             return xml, record
-    with Heartbeat(report.info, f'int8: quantizing {stem} with NNCF (cache {folder})', 30.0):
+    with Heartbeat(report.info, f'int8: quantizing {stem} with NNCF (cache {folder})', 30.0), \
+            progress_to(report.info):
         record = _quantize(onnx_path, xml, plan)
     record['key'] = key
     onnx_export.write_record(record_path, record)
     if not record['accepted']:
         raise Int8Refused(record['reason'])
     return xml, record
+
+
+@contextlib.contextmanager
+def progress_to(info):
+    """
+    Send what is printed to stdout meanwhile (NNCF's progress bars) to ``info``, line by line.
+
+    NNCF draws its steps with rich on stdout, which in a node is the launch log; there they
+    become report lines like the others ('int8: NNCF: Statistics collection 100% 16/16 ...').
+    Python's stdout is the whole process's for the quantization's minutes; the node logs
+    through rclpy, which does not write to it.
+    """
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            text = ' '.join(re.sub('[\u2500-\u259f]+', ' ', line).split())
+            if text:
+                info(f'int8: NNCF: {text}')
 
 
 def _quantize(onnx_path, xml, plan):
