@@ -147,6 +147,19 @@ def test_int8_with_labels_is_accepted_cached_and_segments_like_fp32(folders, cap
     assert any('quantizing' in line for line in log3.info)
 
 
+def test_progress_bars_become_report_lines_and_other_output_stays(capfd):
+    pytest.importorskip('rich')
+    import rich
+    from semseg_ros.core.runtimes.int8 import progress_to
+    lines = []
+    with progress_to(lines.append):
+        rich.get_console().print('[bold]Statistics collection[/bold] \u2501\u2501\u2501 100% 8/8')
+        print('a tool line')  # e.g. a heartbeat the eval tool prints: not held back
+    rich.get_console().print('after')
+    assert lines == ['int8: NNCF: Statistics collection 100% 8/8']
+    assert capfd.readouterr().out == 'a tool line\nafter\n'
+
+
 def test_without_labels_the_gate_uses_the_fp32_labels(folders):
     tmp, calibration, _ = folders
     log = Log()

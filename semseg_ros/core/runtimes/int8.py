@@ -264,25 +264,50 @@ def quantized(onnx_path, source_key, plan, cache, report):
     return xml, record
 
 
+class LineStream(io.TextIOBase):
+    """A text stream that hands each complete line to ``info``, without colour codes."""
+
+    def __init__(self, info):
+        super().__init__()
+        self.info = info
+        self.rest = ''
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        self.rest += text
+        *lines, self.rest = self.rest.split('\n')
+        for line in lines:
+            line = re.sub('\x1b\\[[0-9;?]*[A-Za-z]', '', line)  # ANSI colours, cursor moves
+            text_only = ' '.join(re.sub('[\u2500-\u259f]+', ' ', line).split())  # the bars
+            if text_only:
+                self.info(f'int8: NNCF: {text_only}')
+        return len(text)
+
+
 @contextlib.contextmanager
 def progress_to(info):
     """
-    Send what is printed to stdout meanwhile (NNCF's progress bars) to ``info``, line by line.
+    Send rich's console output meanwhile (NNCF's progress bars) to ``info``, line by line.
 
-    NNCF draws its steps with rich on stdout, which in a node is the launch log; there they
-    become report lines like the others ('int8: NNCF: Statistics collection 100% 16/16 ...').
-    Python's stdout is the whole process's for the quantization's minutes; the node logs
-    through rclpy, which does not write to it.
+    NNCF draws its steps with rich's global console on stdout, which in a node is the launch
+    log; there they become report lines like the others ('int8: NNCF: Statistics collection
+    100% 16/16 ...'). Only rich's console is redirected: other output, such as a tool's own
+    progress lines on stdout, is not held back.
     """
-    buffer = io.StringIO()
     try:
-        with contextlib.redirect_stdout(buffer):
-            yield
+        import rich
+    except ImportError:  # NNCF without rich: nothing to redirect
+        yield
+        return
+    stream = LineStream(info)
+    rich.reconfigure(file=stream)
+    try:
+        yield
     finally:
-        for line in buffer.getvalue().splitlines():
-            text = ' '.join(re.sub('[\u2500-\u259f]+', ' ', line).split())
-            if text:
-                info(f'int8: NNCF: {text}')
+        rich.reconfigure()  # the default console again (stdout, looked up when it writes)
+        stream.write('\n')
 
 
 def _quantize(onnx_path, xml, plan):
