@@ -61,7 +61,6 @@ class RuntimeModel(SegmentationModel):
         self.report = report
         self.cache = cache
         self.precision = precision  # fp32; fp16 (tensorrt) or bf16 (openvino)
-        self.fp16 = precision == 'fp16'
         self.onnx_file = onnx_file
         self.int8 = int8  # an int8.Int8Plan, or None for fp32
         self.int8_results = {}  # (entry, h, w) -> (accepted, figures or reason)
@@ -188,7 +187,7 @@ class RuntimeModel(SegmentationModel):
                                   cache=os.path.join(self._folder(), 'openvino'),
                                   bf16=self.precision == 'bf16')
         from semseg_ros.core.runtimes.onnx_runtime import OrtRunner
-        return OrtRunner(path, self.device, self.threads, self.runtime, self.fp16,
+        return OrtRunner(path, self.device, self.threads, self.runtime, self.precision == 'fp16',
                          cache=os.path.join(self._folder(), 'tensorrt'),
                          report=self.report.info)
 

@@ -4,8 +4,9 @@ OpenVINO adapter: ``core.compile_model`` of an ONNX file behind the call of a to
 CPU only here (OpenVINO's GPU plugin is for Intel GPUs). Compiled for latency: one stream,
 the node's thread budget, and fp32 inference unless bf16 is asked for (on CPUs with bf16 units
 OpenVINO would otherwise run in bf16 by default, which changed 1.6 % of ESPNetv2's labels on
-the parity sample here). bf16 needs a CPU that computes in it (AVX512-BF16 or AMX). Compiled
-models are cached in the cache folder, so a restart does not compile again. Once the output
+the parity sample here). bf16 needs a CPU that computes in it (AVX512-BF16 or AMX;
+``bf16_units``, checked where the runtime is chosen). Compiled models are cached in the
+cache folder, so a restart does not compile again. Once the output
 shape of an input shape is known, the output is written straight into a torch tensor kept for
 that shape: a new one per call would land on fresh pages past glibc's 32 MiB mmap limit
 (ESPNet 1280x720: 44 MB of logits, 11 000 page faults and 5-10 ms per frame). So the tensor a
@@ -38,10 +39,6 @@ class OpenVinoRunner:
             raise RuntimeSetupError(
                 f'model.runtime openvino runs on the CPU here, not on {device}: set device to '
                 'cpu, or model.runtime to auto, torch or tensorrt')
-        if bf16 and not bf16_units():
-            raise RuntimeSetupError(
-                'precision bf16 on OpenVINO needs a CPU with bf16 units (AVX512-BF16 or AMX); '
-                'this one has none: set precision to fp32')
         self.path = str(path)
         self.device = device
         self.version = ov.__version__
