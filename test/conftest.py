@@ -59,6 +59,14 @@ def assets_or_skip(*parts):
 
 
 @pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """Give each test its own cache; return the folder of its ONNX exports (<cache>/runtimes)."""
+    monkeypatch.setenv('SEMSEG_ROS_CACHE', str(tmp_path))
+    monkeypatch.delenv('SEMSEG_ROS_EXPORT_CACHE', raising=False)
+    return tmp_path / 'runtimes'
+
+
+@pytest.fixture
 def espnet_weights():
     """Path of the published ESPNet CamVid weights in the shared assets."""
     return assets_or_skip('models', 'espnet_p_2_q_8_camvid.pth')

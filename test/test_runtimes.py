@@ -74,13 +74,6 @@ class Log:
         return Reporter(self.info.append, self.warnings.append)
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv('SEMSEG_ROS_CACHE', str(tmp_path))
-    monkeypatch.delenv('SEMSEG_ROS_EXPORT_CACHE', raising=False)  # default: <cache>/runtimes
-    return tmp_path / 'runtimes'
-
-
 def count_exports(monkeypatch):
     calls = []
     real = torch.onnx.export
@@ -118,15 +111,15 @@ def test_auto_without_onnxruntime_runs_torch(monkeypatch):
     assert runtime == 'torch' and 'not installed' in reason
 
 
-def fixed_race(monkeypatch, timings):
-    """Make auto's race return fixed timings; return the list of raced function names."""
+def fixed_race(monkeypatch, timings, module=choose):
+    """Make a race (auto's unless module says) return fixed timings; return the raced names."""
     calls = []
 
     def race(functions, sample):
         calls.append(sorted(functions))
         return {name: timings[name] for name in functions}
 
-    monkeypatch.setattr(choose, 'race', race)
+    monkeypatch.setattr(module, 'race', race)
     return calls
 
 

@@ -159,6 +159,7 @@ def prepare(model, runtime='auto', device='cpu', input_size=None, upsample='logi
             if 'torch_bf16' in figures:
                 choice.reason += (f' to fp32 (torch bf16 autocast: '
                                   f'{100.0 * figures["torch_bf16"]:.2f} %)')
+        choice.reason += wrapped.form_text(key)
     return choice
 
 
@@ -216,6 +217,8 @@ def fastest(model, device, input_size, upsample, threads, folder, report):
     key = (entry, int(height), int(width))
     versions = {'torch': torch.__version__}
     versions.update({n: w.runners[key].version for n, w in contenders.items()})
+    # Each contender's graph form: a race of other forms does not hold for it.
+    versions.update({f'{n} graph': w.forms.get(key, ('',))[0] for n, w in contenders.items()})
     tag = onnx_export.machine_tag(threads, versions)
     record_path = first.records.get(key)
     record = onnx_export.read_record(record_path) if record_path else {}
@@ -241,6 +244,7 @@ def fastest(model, device, input_size, upsample, threads, folder, report):
     figures = wrapped.parity.get(key)
     if figures:
         reason += f', labels {100.0 * figures["agreement"]:.2f} % equal'
+    reason += wrapped.form_text(key)
     choice = RuntimeChoice(best, 'auto', reason, threads=threads, model=wrapped)
     wrapped.choice = choice
     return choice

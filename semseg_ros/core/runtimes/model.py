@@ -17,6 +17,7 @@ import tempfile
 
 from semseg_ros.core.models.base import SegmentationModel
 from semseg_ros.core.runtimes import export as onnx_export
+from semseg_ros.core.runtimes import graph
 from semseg_ros.core.runtimes.base import ExportError, RuntimeSetupError
 from semseg_ros.core.weights import sha256_of
 import torch
@@ -70,6 +71,7 @@ class RuntimeModel(SegmentationModel):
         self.fallbacks = {}  # (entry, h, w) -> why torch runs that shape
         self.parity = {}  # (entry, h, w) -> parity figures of the runtime
         self.records = {}  # (entry, h, w) -> path of the export's JSON record
+        self.forms = {}  # (entry, h, w) -> (graph form run, {form: ms} when both were timed)
 
     def forward(self, batch):
         """Return the logits of ``source.forward``, computed by the runtime."""
@@ -139,7 +141,11 @@ class RuntimeModel(SegmentationModel):
             record = {'key': key, 'entry': entry, 'input': list(shape), 'parity': {},
                       **onnx_export.library_versions()}
         runner = self.make_runner(path)
+        runner, form = self._faster_form(path, runner, record, record_path, sample,
+                                         (entry,) + shape)
         tag = f'{self.runtime} {runner.version} {self.device.type} {self.precision}'
+        if form != graph.AS_EXPORTED:
+            tag += f' {form}'
         figures = record.get('parity', {}).get(tag)
         if figures is None:
             figures = onnx_export.parity(torch_run, runner, sample)
@@ -152,6 +158,51 @@ class RuntimeModel(SegmentationModel):
         if self.int8 is not None:
             return self._quantized(path, key, (entry,) + shape, runner)
         return runner
+
+    def _faster_form(self, path, runner, record, record_path, sample, key):
+        """
+        Return (runner, form): the faster graph form of an export on this runtime (CPU).
+
+        Both forms are timed once per runtime, precision and machine; the timings go into the
+        export's record. int8 quantizes the export as it is; on CUDA a TensorRT engine build
+        takes minutes, so only the CPU times both.
+        """
+        self.forms[key] = (graph.AS_EXPORTED, {})
+        if self.device.type != 'cpu' or self.int8 is not None:
+            return runner, graph.AS_EXPORTED
+        try:
+            split_path = graph.write_form(path, graph.PRELU_SPLIT)
+        except Exception as exc:  # noqa: B902 - onnx and the file system raise many types
+            self.report.warning(f'{self.runtime}: cannot write the {graph.PRELU_SPLIT} form of '
+                                f'{path} ({exc}); the export runs as it is')
+            return runner, graph.AS_EXPORTED
+        if split_path is None:
+            return runner, graph.AS_EXPORTED
+        where = f'{self.runtime} {self.precision}; ' + onnx_export.machine_tag(
+            self.threads, {self.runtime: runner.version})
+        timings = record.get('forms', {}).get(where)
+        split = None
+        if not isinstance(timings, dict) or set(timings) != set(graph.FORMS):
+            split = self.make_runner(split_path)
+            self.report.info(f'{self.runtime}: timing the graph {graph.AS_EXPORTED} and with '
+                             f'PReLU split ({os.path.basename(split_path)})')
+            timings = onnx_export.race({graph.AS_EXPORTED: runner, graph.PRELU_SPLIT: split},
+                                       sample)
+            record.setdefault('forms', {})[where] = timings
+            onnx_export.write_record(record_path, record)
+        form = min(timings, key=timings.get)
+        self.forms[key] = (form, timings)
+        if form == graph.AS_EXPORTED:
+            return runner, form
+        return split or self.make_runner(split_path), form
+
+    def form_text(self, key):
+        """Return ', graph: <form> (<ms> vs <ms> as exported)' for a reason, or ''."""
+        form, timings = self.forms.get(key, (graph.AS_EXPORTED, {}))
+        if form == graph.AS_EXPORTED:
+            return ''
+        return (f', graph: {form} ({timings[form]:.1f} ms vs {timings[graph.AS_EXPORTED]:.1f} '
+                f'ms {graph.AS_EXPORTED})')
 
     def _quantized(self, onnx_path, source_key, key, fp32_runner):
         """Return the int8 runner of a checked export, or the fp32 one where int8 is refused."""
