@@ -1,6 +1,7 @@
 """Graph forms of an export: PReLU split gives the same bits, and the faster form runs."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -137,3 +138,25 @@ def test_auto_races_the_runtimes_again_when_a_form_changes(cache, monkeypatch):
     assert len(races) == 2 and 'graph: prelu split' in choice.reason
     record = json.loads(next(cache.glob('*.json')).read_text())
     assert len(record['auto']) == 2
+
+
+def test_an_onnx_file_runs_split_from_the_cache_with_its_labels(cache, tmp_path, monkeypatch):
+    from semseg_ros.core.models.onnx import build, save
+    calls = fixed_forms(monkeypatch, {graph.AS_EXPORTED: 2.0, graph.PRELU_SPLIT: 1.0})
+    folder = tmp_path / 'models'
+    folder.mkdir()
+    path = folder / 'net.onnx'
+    save(PReluNet(), path, 5, PReluNet.preprocess, example_size=(48, 32))
+    model = build({'weights': str(path)})
+    choice = prepare(model, 'onnxruntime', 'cpu', (48, 32))
+    runner = choice.model.runners[('forward', 32, 48)]
+    # Not beside the user's file (its folder may be read-only): in the export cache.
+    assert os.path.dirname(runner.path) == str(cache) and runner.path.endswith('split.onnx')
+    assert os.listdir(folder) == ['net.onnx']
+    assert calls == [sorted(graph.FORMS)]
+    assert 'graph: prelu split' in choice.reason and '100.00 % equal' in choice.reason
+    batch = onnx_export.sample_batch(model.preprocess, (32, 48), 'cpu')
+    with torch.inference_mode():
+        assert torch.equal(choice.model(batch), model(batch))
+    record = json.loads(next(cache.glob('net-file-*.json')).read_text())
+    assert list(record['forms'].values()) == [{graph.AS_EXPORTED: 2.0, graph.PRELU_SPLIT: 1.0}]

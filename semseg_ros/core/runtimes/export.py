@@ -61,11 +61,22 @@ def export_key(digest, entry, shape, opset=OPSET):
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def _paths(folder, stem):
+    return os.path.join(folder, stem + '.onnx'), os.path.join(folder, stem + '.json')
+
+
+def _safe(name):
+    return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(name))[:40] or 'model'
+
+
 def cache_paths(folder, name, entry, shape, key):
     """Return (onnx file, JSON record) paths of an export in the cache folder."""
-    safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', str(name))[:40] or 'model'
-    stem = f'{safe}-{entry}-{int(shape[1])}x{int(shape[0])}-{key[:16]}'
-    return os.path.join(folder, stem + '.onnx'), os.path.join(folder, stem + '.json')
+    return _paths(folder, f'{_safe(name)}-{entry}-{int(shape[1])}x{int(shape[0])}-{key[:16]}')
+
+
+def file_paths(folder, name, digest):
+    """Return (stem file, JSON record) paths in the cache folder for a model's own ONNX file."""
+    return _paths(folder, f'{_safe(name)}-file-{digest[:16]}')
 
 
 class _Entry(torch.nn.Module):

@@ -93,20 +93,23 @@ def form_path(path, form):
     return f'{stem}.{form.replace(" ", "-")}.onnx'
 
 
-def write_form(path, form):
+def write_form(path, form, stem=None):
     """
-    Return the file of ``form`` of the export at ``path``, written beside it if absent.
+    Return the file of ``form`` of the ONNX file at ``path``, written if absent.
 
-    None when the form would not change the graph (e.g. no PRelu to split). Written to a
-    temporary file first, so a reader never sees half a file.
+    The file is form_path(stem or path, form): beside the file, or beside ``stem`` where the
+    file's own folder is not ours. None when the form would not change the graph (e.g. no
+    PRelu to split). Written to a temporary file first, so a reader never sees half a file.
     """
-    target = form_path(path, form)
+    target = path if form == AS_EXPORTED else form_path(stem or path, form)
     if form == AS_EXPORTED or os.path.isfile(target):
         return target
     import onnx
-    model = onnx.load(path)
     if form != PRELU_SPLIT:
         raise ValueError(f'unknown graph form {form!r}: one of {", ".join(FORMS)}')
+    model = onnx.load(path, load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return None  # weights in files beside it: kept as it is
     if not split_prelu(model):
         return None
     fd, tmp = tempfile.mkstemp(prefix='.form.', suffix='.onnx',

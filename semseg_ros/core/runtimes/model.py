@@ -113,14 +113,24 @@ class RuntimeModel(SegmentationModel):
             return self._fall_back((entry, height, width), str(exc), torch_run)
 
     def _from_file(self, source_run, shape):
-        """Run an onnx-backend model from its own file (other runtimes checked against it)."""
+        """
+        Run an onnx-backend model from its own file (other runtimes checked against it).
+
+        Its other graph forms and their record go to the cache folder, named by the file's
+        hash (its own folder may be read-only).
+        """
+        key = ('forward',) + shape
+        digest = sha256_of(self.onnx_file)
         runner = self.make_runner(self.onnx_file)
-        if self.runtime != 'onnxruntime':
-            sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
-            self._check(('forward',) + shape, onnx_export.parity(source_run, runner, sample))
+        sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
+        stem, record_path = onnx_export.file_paths(self._folder(), self.name, digest)
+        record = onnx_export.read_record(record_path)
+        runner, form = self._faster_form(self.onnx_file, runner, record, record_path, sample,
+                                         key, stem)
+        if self.runtime != 'onnxruntime' or form != graph.AS_EXPORTED:
+            self._check(key, onnx_export.parity(source_run, runner, sample))
         if self.int8 is not None:
-            key = sha256_of(self.onnx_file)
-            return self._quantized(self.onnx_file, key, ('forward',) + shape, runner)
+            return self._quantized(self.onnx_file, digest, key, runner)
         return runner
 
     def _from_export(self, entry, torch_run, shape):
@@ -159,26 +169,27 @@ class RuntimeModel(SegmentationModel):
             return self._quantized(path, key, (entry,) + shape, runner)
         return runner
 
-    def _faster_form(self, path, runner, record, record_path, sample, key):
+    def _faster_form(self, path, runner, record, record_path, sample, key, stem=None):
         """
         Return (runner, form): the faster graph form of an export on this runtime (CPU).
 
-        Both forms are timed once per runtime, precision and machine; the timings go into the
-        export's record. int8 quantizes the export as it is; on CUDA a TensorRT engine build
+        Both forms are timed once per runtime, precision, input size and machine; the timings
+        go into the export's record. The other form's file is written beside ``stem`` (default:
+        beside the export). int8 quantizes the export as it is; on CUDA a TensorRT engine build
         takes minutes, so only the CPU times both.
         """
         self.forms[key] = (graph.AS_EXPORTED, {})
         if self.device.type != 'cpu' or self.int8 is not None:
             return runner, graph.AS_EXPORTED
         try:
-            split_path = graph.write_form(path, graph.PRELU_SPLIT)
+            split_path = graph.write_form(path, graph.PRELU_SPLIT, stem)
         except Exception as exc:  # noqa: B902 - onnx and the file system raise many types
             self.report.warning(f'{self.runtime}: cannot write the {graph.PRELU_SPLIT} form of '
                                 f'{path} ({exc}); the export runs as it is')
             return runner, graph.AS_EXPORTED
         if split_path is None:
             return runner, graph.AS_EXPORTED
-        where = f'{self.runtime} {self.precision}; ' + onnx_export.machine_tag(
+        where = f'{self.runtime} {self.precision} {key[2]}x{key[1]}; ' + onnx_export.machine_tag(
             self.threads, {self.runtime: runner.version})
         timings = record.get('forms', {}).get(where)
         split = None
