@@ -26,6 +26,11 @@ class CameraStats:
         self.received = 0
         self.processed = 0
         self.dropped = 0
+        # Frames the publisher sent that never reached the node's callback (replaced in the
+        # DDS reader, or lost on the way): gaps in its publication sequence numbers.
+        self.lost = 0
+        self.sequenced = False  # a sequence number was seen (this rmw and rclpy give them)
+        self.last_sequence = None
         self.skipped = 0  # no subscriber for any enabled output
         self.errors = 0
         self.error_streak = 0
@@ -35,6 +40,21 @@ class CameraStats:
         self.window_start = time.monotonic()
         self.window_in = 0
         self.window_out = 0
+
+    def count_sequence(self, sequence):
+        """
+        Count the frames missing before this one from its publication sequence number.
+
+        None or 0 (unknown: several publishers, or an rmw without them) starts anew, as does
+        a number that goes back (a restarted publisher).
+        """
+        if not sequence:
+            self.last_sequence = None
+            return
+        self.sequenced = True
+        if self.last_sequence is not None and sequence > self.last_sequence + 1:
+            self.lost += sequence - self.last_sequence - 1
+        self.last_sequence = sequence
 
     def add_latency(self, seconds):
         """Record one stamp-to-publish latency."""
@@ -166,6 +186,8 @@ def camera_status(node_name, camera, lock, work, active, seg, settings, grid):
         'model': settings.backend,
         'runtime': seg.runtime.summary() if seg else 'none',
     }
+    if stats.sequenced:  # absent where the publisher's sequence numbers are unknown
+        values['frames lost before the node'] = str(stats.lost)
     values.update(work)  # the worker's time, shared by all cameras of the node
     if grid is not None:
         level, values['grid'] = grid.camera_status(camera.name)

@@ -45,6 +45,7 @@ from rclpy.qos import DurabilityPolicy
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
+from rclpy.subscription import Subscription
 from rclpy.task import Future
 from semseg_ros import diagnostics
 from semseg_ros import guard
@@ -79,6 +80,8 @@ OUTPUT_TOPICS = {
 LABEL_INFO_TOPIC = 'segmentation/label_info'
 OUTPUT_ENCODINGS = {'color': 'rgb8', 'overlay': 'rgb8', 'drivable': 'mono8',
                     'confidence': 'mono8'}
+# rclpy gives a two-argument callback the message info (Iron and later).
+MESSAGE_INFO = hasattr(Subscription, 'CallbackType')
 INPUT_CHECK_PERIOD = 0.2  # seconds between checks for output subscribers (lazy_input)
 CHANGE_NOTES = {
     'configure': 'Takes effect on the next configure (or a restart).',
@@ -155,15 +158,19 @@ class Camera:
     def subscribe(self, settings):
         """Create the input subscription (raw or compressed)."""
         qos = qos_profile(settings.input_reliability, settings.input_depth)
+        # rclpy since Iron passes the message info (publication sequence numbers) to a
+        # two-argument callback; Humble's does not, and there frames lost are not counted.
+        callback = self.on_image_info if MESSAGE_INFO else self.on_image
         if settings.input_transport == 'compressed':
             self.subscription = self.node.create_subscription(
-                CompressedImage, self.prefix + 'image/compressed', self.on_image, qos,
+                CompressedImage, self.prefix + 'image/compressed', callback, qos,
                 callback_group=self.node.frames_group)
         else:
             self.subscription = self.node.create_subscription(
-                Image, self.prefix + 'image', self.on_image, qos,
+                Image, self.prefix + 'image', callback, qos,
                 callback_group=self.node.frames_group)
         self.subscribed_at = time.monotonic()
+        self.stats.count_sequence(None)  # frames sent while unsubscribed are not lost
 
     def unsubscribe(self):
         """Destroy the input subscription."""
@@ -174,6 +181,11 @@ class Camera:
     def on_image(self, msg):
         """Keep only the newest message; count the one it replaces as dropped."""
         self.node.offer(self, msg)
+
+    def on_image_info(self, msg, info):
+        """on_image, counting the frames its publisher sent that never arrived."""
+        single = self.subscription is not None and self.subscription.get_publisher_count() == 1
+        self.node.offer(self, msg, info.get('publication_sequence_number') if single else None)
 
     def wanted(self, enabled):
         """Return the enabled outputs that have at least one subscriber."""
@@ -523,10 +535,11 @@ class SegmentationNode(LifecycleNode):
             return False
 
     # Frames.
-    def offer(self, camera, msg):
+    def offer(self, camera, msg, sequence=None):
         """Store msg as the camera's newest frame and wake the worker."""
         with self._cond:
             stats = camera.stats
+            stats.count_sequence(sequence)
             stats.received += 1
             stats.window_in += 1
             stats.last_input = time.monotonic()

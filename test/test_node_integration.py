@@ -367,3 +367,27 @@ def test_diagnostics_name_the_runtime(tiny_node):
     # auto on the CPU with a model that runs at each frame's size: torch (no export mid-stream).
     assert values['runtime'].startswith('torch (auto'), values['runtime']
     assert 'each frame' in values['runtime'], values['runtime']
+
+
+def fresh_counts(harness, keys=('frames received', 'frames lost before the node')):
+    """Return the camera's counters from a /diagnostics message sent after this call."""
+    harness.diagnostics.clear()
+    values = diagnostics_values(harness, keys[-1])
+    return {key: values[key] for key in keys}
+
+
+def test_frames_lost_before_the_node_are_counted(tiny_node):
+    harness, _ = tiny_node
+    harness.wait_outputs(harness.send(stripes(9, 12), 'rgb8'))
+    before = fresh_counts(harness)  # the key is absent without publication sequence numbers
+    burst = 60  # faster than the node's executor takes 2.7 MB frames from its depth-1 reader
+    big = stripes(720, 1280)
+    for _ in range(burst):
+        harness.send(big, 'rgb8')
+    harness.spin(1.0)
+    # One more frame after the burst: every gap before it is then known.
+    harness.wait_outputs(harness.send(stripes(9, 12), 'rgb8'))
+    after = fresh_counts(harness)
+    received, lost = (int(after[k]) - int(before[k]) for k in before)
+    print(f'burst of {burst} + 1 frames: {received} received, {lost} lost before the node')
+    assert received + lost == burst + 1

@@ -615,3 +615,19 @@ def test_invalid_parameter_at_startup(startup_runs, name, value):
     assert process.returncode != 0
     assert name in text, text
     assert 'Traceback' not in text, text
+
+
+def test_sequence_gaps_count_frames_lost_before_the_node():
+    from semseg_ros.diagnostics import CameraStats
+    stats = CameraStats()
+    stats.count_sequence(None)
+    assert not stats.sequenced and stats.lost == 0
+    for sequence in (5, 6, 9, 10, 14):  # 7, 8, 11, 12, 13 never arrived
+        stats.count_sequence(sequence)
+    assert stats.sequenced and stats.lost == 5
+    stats.count_sequence(1)  # a restarted publisher: counted from there
+    stats.count_sequence(3)
+    assert stats.lost == 6
+    stats.count_sequence(None)  # several publishers: their numbers are not compared
+    stats.count_sequence(20)
+    assert stats.lost == 6
