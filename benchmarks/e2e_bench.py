@@ -34,8 +34,9 @@ its malloc settings, one thread for all torch work; no other process running; th
 the node uses, batch 1 or 3; the runtime entry of the row, set up by the engine as in the node,
 and timed on what the engine calls: the model's `logits`; right before and right after each
 node run, the faster is the row's own limit). Each row is compared with the bare forward of its
-own runtime and with the fastest bare forward of any runtime entry measured in the run for the
-same model, input and batch, and its frames/s with the `torch` entry of the same configuration.
+own runtime and with the fastest bare forward of any runtime entry of the same precision (fp32,
+bf16 or int8: the same labels) measured in the run for the same model, input and batch, and its
+frames/s with the `torch` entry of the same configuration.
 Runtime exports and int8 models go to $SEMSEG_ROS_EXPORT_CACHE (default build/runtimes here),
 shared by the nodes and the bare forward, so each is made once. And the DDS transport of the
 same images with no node in between (an echo process that answers each image with prebuilt
@@ -1258,27 +1259,35 @@ def runtime_text(entry, summary):
     return entry if name == entry else f'{entry} -> {name}'
 
 
+def precision_of(entry):
+    """Return the precision of a runtime entry (bf16 and int8 give other labels than fp32)."""
+    return entry if entry in ('bf16', 'int8') else 'fp32'
+
+
 def compare_rows(bench):
     """
     Return every node row's runtime comparison as a dict (also used by the markdown).
 
     own: the row's bare forward (its runtime, right before and after it); fastest: the fastest
-    bare forward sample of any runtime entry in the run for the same model file, input and
-    batch (the limit); torch: the row's frames/s over that of the torch entry of the same
+    bare forward sample of any runtime entry of the same precision in the run for the same
+    model file, input and batch (the limit with the same labels: an fp32 row is not held to a
+    bf16 forward); torch: the row's frames/s over that of the torch entry of the same
     configuration.
     """
     fastest = {}
     for key, samples in bench.forward.items():
-        best = fastest.get(key[:3])
+        group = key[:3] + (precision_of(key[3]),)
+        best = fastest.get(group)
         if best is None or min(samples) < best[0]:
-            fastest[key[:3]] = (min(samples), runtime_text(key[3], bench.bare_runtimes.get(key)))
+            fastest[group] = (min(samples), runtime_text(key[3], bench.bare_runtimes.get(key)))
     torch_rate = {(r['model'], r['size'], r['transport'], r['mode']): r['full']['throughput']
                   for r in bench.nodes_rows if r['runtime'] == 'torch'}
     rows = []
     for r in bench.nodes_rows:
         rate = r['full']['throughput']
-        best_ms, best_entry = fastest.get((r['weights_file'], r['input'], r['batch']),
-                                          (r['forward_ms'], r['runtime']))
+        best_ms, best_entry = fastest.get(
+            (r['weights_file'], r['input'], r['batch'], precision_of(r['runtime'])),
+            (r['forward_ms'], r['runtime']))
         reference = torch_rate.get((r['model'], r['size'], r['transport'], r['mode']))
         rows.append({
             'model': r['model'], 'input': r['input'], 'size': r['size'],
@@ -1517,7 +1526,8 @@ def report(bench, command, minutes, load):
         "thread for all torch work; the row's runtime set up by the engine as in the node, "
         "timed on what the engine calls (the model's logits); a node row is compared with the "
         'faster of the two medians taken right before and right after it, and with the '
-        'fastest of any runtime for the same model input and batch); transport = publisher '
+        'fastest of any runtime of the same precision for the same model input and batch); '
+        'transport = publisher '
         '-> echo process -> '
         'subscriber with the same messages and prebuilt outputs, no work. The last column of '
         "the node table is the node's own account of its worker thread (`/diagnostics` "
@@ -1527,8 +1537,8 @@ def report(bench, command, minutes, load):
         limits_tables(bench),
         '',
         '**Runtimes** (every node row against the bare forward of its own runtime and the '
-        'fastest bare forward of any runtime in this run; frames/s against the torch row of '
-        'the same configuration):',
+        'fastest bare forward of any runtime of the same precision (fp32, bf16, int8) in this '
+        'run; frames/s against the torch row of the same configuration):',
         '',
         runtimes_table(bench),
         '',

@@ -65,3 +65,29 @@ def test_e2e_bench_quick(tmp_path):
     echo = result['echo'][0]
     assert echo['full']['throughput'] > 0 and echo['fixed']['received'] > 0
     assert result['ratios'][0]['throughput_ratio'] > 0
+
+
+def test_rows_are_held_to_the_fastest_forward_of_their_precision():
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    try:
+        import e2e_bench
+    finally:
+        sys.path.pop(0)
+
+    class Bench:
+        forward = {('m.pth', '480x360', 1, entry): [ms] for entry, ms in
+                   (('torch', 30.0), ('auto', 18.0), ('bf16', 14.0), ('int8', 12.0))}
+        bare_runtimes = {}
+        nodes_rows = [{'model': 'm', 'size': '480x360', 'transport': 'raw', 'mode': 'one',
+                       'weights_file': 'm.pth', 'input': '480x360', 'batch': 1,
+                       'runtime': entry, 'node_runtime': entry, 'bare_runtime': entry,
+                       'full': {'throughput': rate}, 'forward_ms': ms, 'bare_rate': 1000 / ms}
+                      for entry, ms, rate in (('torch', 30.0, 30.0), ('auto', 18.0, 50.0),
+                                              ('bf16', 14.0, 60.0), ('int8', 12.0, 70.0))]
+
+    rows = {r['runtime']: r for r in e2e_bench.compare_rows(Bench())}
+    # fp32 rows against the fastest fp32 forward (auto), the others against their own.
+    assert rows['torch']['fastest_ms'] == rows['auto']['fastest_ms'] == 18.0
+    assert rows['auto']['fastest_ratio'] == 50.0 * 18.0 / 1000.0
+    assert rows['bf16']['fastest_ms'] == 14.0 and rows['int8']['fastest_ms'] == 12.0
+    assert rows['auto']['torch_speedup'] == 50.0 / 30.0
