@@ -160,3 +160,20 @@ def test_an_onnx_file_runs_split_from_the_cache_with_its_labels(cache, tmp_path,
         assert torch.equal(choice.model(batch), model(batch))
     record = json.loads(next(cache.glob('net-file-*.json')).read_text())
     assert list(record['forms'].values()) == [{graph.AS_EXPORTED: 2.0, graph.PRELU_SPLIT: 1.0}]
+
+
+def test_a_split_form_that_cannot_run_leaves_the_export_running(cache, monkeypatch):
+    def broken(path, form, stem=None):
+        target = graph.form_path(stem or path, form)
+        with open(target, 'wb') as f:
+            f.write(b'not an onnx file')
+        return target
+
+    monkeypatch.setattr(graph, 'write_form', broken)
+    log = Log()
+    model = PReluNet()
+    choice = prepare(model, 'onnxruntime', 'cpu', (48, 32), report=log.reporter())
+    assert choice.runtime == 'onnxruntime' and not choice.fallbacks
+    assert not choice.model.runners[('forward', 32, 48)].path.endswith('split.onnx')
+    assert any('prelu split form' in w and 'cannot run' in w for w in log.warnings)
+    assert '100.00 % equal' in choice.reason and 'graph:' not in choice.reason

@@ -193,19 +193,24 @@ class RuntimeModel(SegmentationModel):
             self.threads, {self.runtime: runner.version})
         timings = record.get('forms', {}).get(where)
         split = None
-        if not isinstance(timings, dict) or set(timings) != set(graph.FORMS):
-            split = self.make_runner(split_path)
-            self.report.info(f'{self.runtime}: timing the graph {graph.AS_EXPORTED} and with '
-                             f'PReLU split ({os.path.basename(split_path)})')
-            timings = onnx_export.race({graph.AS_EXPORTED: runner, graph.PRELU_SPLIT: split},
-                                       sample)
-            record.setdefault('forms', {})[where] = timings
-            onnx_export.write_record(record_path, record)
-        form = min(timings, key=timings.get)
+        try:
+            if not isinstance(timings, dict) or set(timings) != set(graph.FORMS):
+                split = self.make_runner(split_path)
+                self.report.info(f'{self.runtime}: timing the graph {graph.AS_EXPORTED} and '
+                                 f'with PReLU split ({os.path.basename(split_path)})')
+                timings = onnx_export.race(
+                    {graph.AS_EXPORTED: runner, graph.PRELU_SPLIT: split}, sample)
+                record.setdefault('forms', {})[where] = timings
+                onnx_export.write_record(record_path, record)
+            form = min(timings, key=timings.get)
+            if form != graph.AS_EXPORTED:
+                split = split or self.make_runner(split_path)
+        except Exception as exc:  # noqa: B902 - a runtime's own errors: the export still runs
+            self.report.warning(f'{self.runtime}: the {graph.PRELU_SPLIT} form of {path} '
+                                f'cannot run ({exc}); the export runs as it is')
+            return runner, graph.AS_EXPORTED
         self.forms[key] = (form, timings)
-        if form == graph.AS_EXPORTED:
-            return runner, form
-        return split or self.make_runner(split_path), form
+        return (runner, form) if form == graph.AS_EXPORTED else (split, form)
 
     def form_text(self, key):
         """Return ', graph: <form> (<ms> vs <ms> as exported)' for a reason, or ''."""
