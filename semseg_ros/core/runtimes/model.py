@@ -72,6 +72,7 @@ class RuntimeModel(SegmentationModel):
         self.parity = {}  # (entry, h, w) -> parity figures of the runtime
         self.records = {}  # (entry, h, w) -> path of the export's JSON record
         self.forms = {}  # (entry, h, w) -> (graph form run, {form: ms} when both were timed)
+        self._file_digest = None  # sha256 of onnx_file, once known
 
     def forward(self, batch):
         """Return the logits of ``source.forward``, computed by the runtime."""
@@ -120,7 +121,9 @@ class RuntimeModel(SegmentationModel):
         hash (its own folder may be read-only).
         """
         key = ('forward',) + shape
-        digest = sha256_of(self.onnx_file)
+        if self._file_digest is None:  # once per model: a file may be hundreds of MB
+            self._file_digest = sha256_of(self.onnx_file)
+        digest = self._file_digest
         runner = self.make_runner(self.onnx_file)
         sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
         stem, record_path = onnx_export.file_paths(self._folder(), self.name, digest)
