@@ -177,3 +177,21 @@ def test_a_split_form_that_cannot_run_leaves_the_export_running(cache, monkeypat
     assert not choice.model.runners[('forward', 32, 48)].path.endswith('split.onnx')
     assert any('prelu split form' in w and 'cannot run' in w for w in log.warnings)
     assert '100.00 % equal' in choice.reason and 'graph:' not in choice.reason
+
+
+def test_a_size_met_mid_stream_is_not_timed_but_uses_timings_kept(cache, monkeypatch):
+    calls = fixed_forms(monkeypatch, {graph.AS_EXPORTED: 2.0, graph.PRELU_SPLIT: 1.0})
+    model = PReluNet()
+    batch = onnx_export.sample_batch(model.preprocess, (32, 48), 'cpu')
+    key = ('forward', 32, 48)
+
+    def first_use():
+        choice = prepare(model, 'onnxruntime', 'cpu', None)  # no size: exported on first use
+        with torch.inference_mode():
+            assert torch.equal(choice.model(batch).argmax(1), model(batch).argmax(1))
+        return choice.model.runners[key].path
+
+    assert not first_use().endswith('split.onnx') and calls == []  # frames would wait
+    prepare(model, 'onnxruntime', 'cpu', (48, 32))  # at start-up: timed and kept
+    assert len(calls) == 1
+    assert first_use().endswith('split.onnx') and len(calls) == 1

@@ -90,30 +90,35 @@ class RuntimeModel(SegmentationModel):
         key = (self.entry(name), int(batch.shape[2]), int(batch.shape[3]))
         runner = self.runners.get(key)
         if runner is None:
-            runner = self.prime(*key)
+            runner = self.prime(*key, race=False)  # mid-stream: no timing runs
         return runner(batch)
 
-    def prime(self, entry, height, width):
-        """Make (or load) the runner of one entry point and input size; return it."""
+    def prime(self, entry, height, width, race=True):
+        """
+        Make (or load) the runner of one entry point and input size; return it.
+
+        race: time the graph forms where the export's record has no timings for them (at
+        start-up; mid-stream, frames would wait, so the graph as exported runs instead).
+        """
         key = (entry, int(height), int(width))
         if key in self.runners:
             return self.runners[key]
         with torch.autocast(self.device.type, enabled=False):
-            runner = self._make(*key)
+            runner = self._make(*key, race)
         self.runners[key] = runner
         return runner
 
-    def _make(self, entry, height, width):
+    def _make(self, entry, height, width, race=True):
         torch_run = getattr(self.source, entry)
         shape = (height, width)
         try:
             if self.onnx_file:
-                return self._from_file(torch_run, shape)
-            return self._from_export(entry, torch_run, shape)
+                return self._from_file(torch_run, shape, race)
+            return self._from_export(entry, torch_run, shape, race)
         except (ExportError, RuntimeSetupError) as exc:
             return self._fall_back((entry, height, width), str(exc), torch_run)
 
-    def _from_file(self, source_run, shape):
+    def _from_file(self, source_run, shape, race=True):
         """
         Run an onnx-backend model from its own file (other runtimes checked against it).
 
@@ -129,14 +134,14 @@ class RuntimeModel(SegmentationModel):
         stem, record_path = onnx_export.file_paths(self._folder(), self.name, digest)
         record = onnx_export.read_record(record_path)
         runner, form = self._faster_form(self.onnx_file, runner, record, record_path, sample,
-                                         key, stem)
+                                         key, race, stem)
         if self.runtime != 'onnxruntime' or form != graph.AS_EXPORTED:
             self._check(key, onnx_export.parity(source_run, runner, sample))
         if self.int8 is not None:
             return self._quantized(self.onnx_file, digest, key, runner)
         return runner
 
-    def _from_export(self, entry, torch_run, shape):
+    def _from_export(self, entry, torch_run, shape, race=True):
         """Run a torch model's ONNX export: from the cache, or exported and checked now."""
         digest = onnx_export.weights_digest(self.source)
         key = onnx_export.export_key(digest, entry, shape)
@@ -155,7 +160,7 @@ class RuntimeModel(SegmentationModel):
                       **onnx_export.library_versions()}
         runner = self.make_runner(path)
         runner, form = self._faster_form(path, runner, record, record_path, sample,
-                                         (entry,) + shape)
+                                         (entry,) + shape, race)
         tag = f'{self.runtime} {runner.version} {self.device.type} {self.precision}'
         if form != graph.AS_EXPORTED:
             tag += f' {form}'
@@ -172,17 +177,24 @@ class RuntimeModel(SegmentationModel):
             return self._quantized(path, key, (entry,) + shape, runner)
         return runner
 
-    def _faster_form(self, path, runner, record, record_path, sample, key, stem=None):
+    def _faster_form(self, path, runner, record, record_path, sample, key, race, stem=None):
         """
         Return (runner, form): the faster graph form of an export on this runtime (CPU).
 
         Both forms are timed once per runtime, precision, input size and machine; the timings
         go into the export's record. The other form's file is written beside ``stem`` (default:
         beside the export). int8 quantizes the export as it is; on CUDA a TensorRT engine build
-        takes minutes, so only the CPU times both.
+        takes minutes, so only the CPU times both. Without ``race``, only timings already in
+        the record choose.
         """
         self.forms[key] = (graph.AS_EXPORTED, {})
         if self.device.type != 'cpu' or self.int8 is not None:
+            return runner, graph.AS_EXPORTED
+        where = f'{self.runtime} {self.precision} {key[2]}x{key[1]}; ' + onnx_export.machine_tag(
+            self.threads, {self.runtime: runner.version})
+        timings = record.get('forms', {}).get(where)
+        timed = isinstance(timings, dict) and set(timings) == set(graph.FORMS)
+        if not (timed or race):
             return runner, graph.AS_EXPORTED
         try:
             split_path = graph.write_form(path, graph.PRELU_SPLIT, stem)
@@ -192,12 +204,9 @@ class RuntimeModel(SegmentationModel):
             return runner, graph.AS_EXPORTED
         if split_path is None:
             return runner, graph.AS_EXPORTED
-        where = f'{self.runtime} {self.precision} {key[2]}x{key[1]}; ' + onnx_export.machine_tag(
-            self.threads, {self.runtime: runner.version})
-        timings = record.get('forms', {}).get(where)
         split = None
         try:
-            if not isinstance(timings, dict) or set(timings) != set(graph.FORMS):
+            if not timed:
                 split = self.make_runner(split_path)
                 self.report.info(f'{self.runtime}: timing the graph {graph.AS_EXPORTED} and '
                                  f'with PReLU split ({os.path.basename(split_path)})')
