@@ -4,9 +4,9 @@ Graph forms of an ONNX export: the graph as exported, and rewrites with the same
 ``prelu split``: every PRelu(x, slope) becomes Relu(x) + slope * Min(x, 0). In IEEE
 arithmetic one of the two terms is zero, so the outputs are the same bits as PReLU's. Whether
 a runtime runs it faster depends on the model: ESPNetv2 at 1024x512 on this CPU (2 threads)
-took 122 instead of 196 ms on OpenVINO and 170 instead of 209 ms on onnxruntime, but ESPNet at
-480x360 on OpenVINO 27.0 instead of 25.5 ms. So RuntimeModel times both forms once per runtime
-and machine and keeps the faster (docs/PERFORMANCE.md, graph forms).
+took 117.8 instead of 199.5 ms on OpenVINO, but ESPNet at 480x360 on OpenVINO 18.5 instead of
+17.9 ms. So RuntimeModel times both forms once per runtime and machine and keeps the faster
+(docs/PERFORMANCE.md, graph forms).
 """
 
 import os
