@@ -114,8 +114,14 @@ def test_the_faster_form_runs_and_is_timed_once(cache, monkeypatch, faster):
     batch = onnx_export.sample_batch(model.preprocess, (32, 48), 'cpu')
     with torch.inference_mode():
         assert torch.equal(choice.model(batch).argmax(1), model(batch).argmax(1))
+    from semseg_ros.core.runtimes.model import RuntimeModel
+    built = []
+    make = RuntimeModel.make_runner
+    monkeypatch.setattr(RuntimeModel, 'make_runner',
+                        lambda self, path: built.append(path) or make(self, path))
     again = prepare(model, 'onnxruntime', 'cpu', (48, 32))
     assert len(calls) == 1, 'the form timings were not kept'
+    assert built == [runner.path], 'a later start builds only the faster form'
     assert again.model.runners[('forward', 32, 48)].path == runner.path
 
 

@@ -101,12 +101,14 @@ def write_form(path, form, stem=None):
     file's own folder is not ours. None when the form would not change the graph (e.g. no
     PRelu to split). Written to a temporary file first, so a reader never sees half a file.
     """
-    target = path if form == AS_EXPORTED else form_path(stem or path, form)
-    if form == AS_EXPORTED or os.path.isfile(target):
-        return target
-    import onnx
+    if form == AS_EXPORTED:
+        return path
     if form != PRELU_SPLIT:
         raise ValueError(f'unknown graph form {form!r}: one of {", ".join(FORMS)}')
+    target = form_path(stem or path, form)
+    if os.path.isfile(target):
+        return target
+    import onnx
     model = onnx.load(path, load_external_data=False)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return None  # weights in files beside it: kept as it is

@@ -18,7 +18,7 @@ import tempfile
 from semseg_ros.core.models.base import SegmentationModel
 from semseg_ros.core.runtimes import export as onnx_export
 from semseg_ros.core.runtimes import graph
-from semseg_ros.core.runtimes.base import ExportError, RuntimeSetupError
+from semseg_ros.core.runtimes.base import ExportError, import_runtime, RuntimeSetupError
 from semseg_ros.core.weights import sha256_of
 import torch
 
@@ -129,12 +129,11 @@ class RuntimeModel(SegmentationModel):
         if self._file_digest is None:  # once per model: a file may be hundreds of MB
             self._file_digest = sha256_of(self.onnx_file)
         digest = self._file_digest
-        runner = self.make_runner(self.onnx_file)
         sample = onnx_export.sample_batch(self.preprocess, shape, self.device)
         stem, record_path = onnx_export.file_paths(self._folder(), self.name, digest)
         record = onnx_export.read_record(record_path)
-        runner, form = self._faster_form(self.onnx_file, runner, record, record_path, sample,
-                                         key, race, stem)
+        runner, form = self._faster_form(self.onnx_file, record, record_path, sample, key, race,
+                                         stem)
         if self.runtime != 'onnxruntime' or form != graph.AS_EXPORTED:
             self._check(key, onnx_export.parity(source_run, runner, sample))
         if self.int8 is not None:
@@ -158,9 +157,8 @@ class RuntimeModel(SegmentationModel):
             onnx_export.export(self.source, entry, sample, path)
             record = {'key': key, 'entry': entry, 'input': list(shape), 'parity': {},
                       **onnx_export.library_versions()}
-        runner = self.make_runner(path)
-        runner, form = self._faster_form(path, runner, record, record_path, sample,
-                                         (entry,) + shape, race)
+        runner, form = self._faster_form(path, record, record_path, sample, (entry,) + shape,
+                                         race)
         tag = f'{self.runtime} {runner.version} {self.device.type} {self.precision}'
         if form != graph.AS_EXPORTED:
             tag += f' {form}'
@@ -177,52 +175,49 @@ class RuntimeModel(SegmentationModel):
             return self._quantized(path, key, (entry,) + shape, runner)
         return runner
 
-    def _faster_form(self, path, runner, record, record_path, sample, key, race, stem=None):
+    def _faster_form(self, path, record, record_path, sample, key, race, stem=None):
         """
-        Return (runner, form): the faster graph form of an export on this runtime (CPU).
+        Return (runner, form): the runner of the faster graph form of an export (CPU).
 
         Both forms are timed once per runtime, precision, input size and machine; the timings
-        go into the export's record. The other form's file is written beside ``stem`` (default:
-        beside the export). int8 quantizes the export as it is; on CUDA a TensorRT engine build
-        takes minutes, so only the CPU times both. Without ``race``, only timings already in
-        the record choose.
+        go into the export's record, and later starts build only the faster one. The other
+        form's file is written beside ``stem`` (default: beside the export). int8 quantizes
+        the export as it is; on CUDA a TensorRT engine build takes minutes, so only the CPU
+        times both. Without ``race``, only timings already in the record choose.
         """
         self.forms[key] = (graph.AS_EXPORTED, {})
         if self.device.type != 'cpu' or self.int8 is not None:
-            return runner, graph.AS_EXPORTED
+            return self.make_runner(path), graph.AS_EXPORTED
+        version = import_runtime(self.runtime).__version__
         where = f'{self.runtime} {self.precision} {key[2]}x{key[1]}; ' + onnx_export.machine_tag(
-            self.threads, {self.runtime: runner.version})
+            self.threads, {self.runtime: version})
         timings = record.get('forms', {}).get(where)
         timed = isinstance(timings, dict) and set(timings) == set(graph.FORMS)
-        if not (timed or race):
-            return runner, graph.AS_EXPORTED
+        if not (timed or race):  # mid-stream: no timing runs
+            return self.make_runner(path), graph.AS_EXPORTED
+        if timed and min(timings, key=timings.get) == graph.AS_EXPORTED:
+            self.forms[key] = (graph.AS_EXPORTED, timings)
+            return self.make_runner(path), graph.AS_EXPORTED
+        runner = None if timed else self.make_runner(path)
         try:
             split_path = graph.write_form(path, graph.PRELU_SPLIT, stem)
-        except Exception as exc:  # noqa: B902 - onnx and the file system raise many types
-            self.report.warning(f'{self.runtime}: cannot write the {graph.PRELU_SPLIT} form of '
-                                f'{path} ({exc}); the export runs as it is')
-            return runner, graph.AS_EXPORTED
-        if split_path is None:
-            return runner, graph.AS_EXPORTED
-        split = None
-        try:
+            if split_path is None:
+                return runner or self.make_runner(path), graph.AS_EXPORTED
+            split = self.make_runner(split_path)
             if not timed:
-                split = self.make_runner(split_path)
                 self.report.info(f'{self.runtime}: timing the graph {graph.AS_EXPORTED} and '
                                  f'with PReLU split ({os.path.basename(split_path)})')
                 timings = onnx_export.race(
                     {graph.AS_EXPORTED: runner, graph.PRELU_SPLIT: split}, sample)
                 record.setdefault('forms', {})[where] = timings
                 onnx_export.write_record(record_path, record)
-            form = min(timings, key=timings.get)
-            if form != graph.AS_EXPORTED:
-                split = split or self.make_runner(split_path)
-        except Exception as exc:  # noqa: B902 - a runtime's own errors: the export still runs
+        except Exception as exc:  # noqa: B902 - onnx and the runtimes raise many types
             self.report.warning(f'{self.runtime}: the {graph.PRELU_SPLIT} form of {path} '
                                 f'cannot run ({exc}); the export runs as it is')
-            return runner, graph.AS_EXPORTED
+            return runner or self.make_runner(path), graph.AS_EXPORTED
+        form = min(timings, key=timings.get)
         self.forms[key] = (form, timings)
-        return (runner, form) if form == graph.AS_EXPORTED else (split, form)
+        return (runner if form == graph.AS_EXPORTED else split), form
 
     def form_text(self, key):
         """Return ', graph: <form> (<ms> vs <ms> as exported)' for a reason, or ''."""
