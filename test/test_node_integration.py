@@ -391,3 +391,73 @@ def test_frames_lost_before_the_node_are_counted(tiny_node):
     received, lost = (int(after[k]) - int(before[k]) for k in before)
     print(f'burst of {burst} + 1 frames: {received} received, {lost} lost before the node')
     assert received + lost == burst + 1
+
+
+class Busy(torch.nn.Module):
+    """Logits = input channels plus a millionth of a conv stack: some work, the same labels."""
+
+    def __init__(self, width=1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.convs = torch.nn.Sequential(
+            torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(width, 3, 3, padding=1))
+
+    def forward(self, x):
+        return x + 1e-6 * torch.tanh(self.convs(x))
+
+
+def color_blocks(rng, h, w, block=16):
+    """Return a frame of pure red, green or blue blocks and its class per pixel."""
+    ids = np.kron(rng.integers(0, 3, (h // block, w // block)), np.ones((block, block), int))
+    return (np.eye(3, dtype=np.uint8)[ids] * 255), ids.astype(np.uint8)
+
+
+@pytest.mark.parametrize('runtime', ['openvino', 'onnxruntime'])
+def test_overlapped_frames_keep_their_own_outputs(tmp_path, runtime):
+    """A runtime's forward overlaps the publishing of the frame before: nothing mixes."""
+    from semseg_ros.core.models import export as program
+    from semseg_ros.core.runtimes import base
+    if not base.available(runtime):
+        pytest.skip(f'{runtime} is not installed')
+    h, w = 240, 320
+    model = tmp_path / 'busy.pt2'
+    program.save(Busy().eval(), str(model), 3, Preprocess(scale=1.0 / 255.0), dynamic=False,
+                 example_size=(w, h))
+    class_file = tmp_path / 'rgb.yaml'
+    class_file.write_text(yaml.safe_dump({'name': 'rgb', 'classes': [
+        {'id': i, 'name': n, 'color': COLORS[i]} for i, n in enumerate(('r', 'g', 'b'))]}))
+    domain = claim_domain()
+    process = start_node(domain, 'model.backend:=export', f'model.weights:={model}',
+                         f'model.runtime:={runtime}', f'classes:={class_file}',
+                         env={'SEMSEG_ROS_EXPORT_CACHE': str(tmp_path / 'exports')})
+    harness = Harness(domain)
+    rng = np.random.default_rng(0)
+    sent = {}
+    try:
+        harness.wait_ready(process, timeout=120)
+        harness.received.clear()
+        for _ in range(60):
+            # Faster than the node: a new frame waits whenever a forward ends, so each forward
+            # overlaps the publishing of the frame before.
+            frame, ids = color_blocks(rng, h, w)
+            header = harness.send(frame, 'rgb8')
+            sent[(header.stamp.sec, header.stamp.nanosec)] = ids
+            harness.spin(0.001)
+        last = harness.wait_outputs(header)  # the last is not held back
+        harness.spin(0.3)
+    finally:
+        harness.close()
+        log = stop_node(process)
+    assert 'runtime ' + runtime in log, log
+    assert last['label'].header.stamp == header.stamp
+    got = {key: outs for key, outs in harness.received.items() if key in sent}
+    assert sum('label' in outs for outs in got.values()) >= 10, f'{len(got)} of {len(sent)} came'
+    for key, outs in got.items():  # a reliable subscriber keeps the last 10 messages per output
+        if 'label' in outs:
+            label, _ = image_to_array(outs['label'])
+            assert np.array_equal(label.reshape(h, w), sent[key]), key
+        if 'color' in outs:
+            color, _ = image_to_array(outs['color'])
+            assert np.array_equal(color, np.array(COLORS, np.uint8)[sent[key]]), key
+    assert 'failed' not in log, log
