@@ -8,8 +8,6 @@ were asked for come back. CUDA-only extras sit in small guarded helpers with the
 """
 
 from collections import namedtuple
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 import contextlib
 import threading
 import time
@@ -146,58 +144,6 @@ def letterbox(chw, size):
     return chw, (nh, nw, th, tw)
 
 
-class Pending:
-    """
-    Frames given to ``Segmenter.submit``: result() returns their outputs, as process() does.
-
-    ``running`` is True while the forward of the frames runs on the segmenter's forward thread
-    (see ``Segmenter.overlaps``); ``wait()`` waits for that forward (not for the
-    postprocessing). ``timings`` has the seconds of each stage once finished.
-    """
-
-    def __init__(self, segmenter, results=None, timings=None, frames=(), uploaded=(),
-                 wanted=()):
-        self._segmenter = segmenter
-        self.frames = frames
-        self.uploaded = uploaded
-        self.wanted = wanted
-        self.results = results if results is not None else [None] * len(frames)
-        self.timings = timings
-        self.index = []  # (frame index, valid region) of the batch that runs
-        self.future = None  # that batch's forward: (logits, seconds)
-        self._done = results is not None
-        self._error = None
-
-    @property
-    def running(self):
-        """Return True while the forward runs."""
-        return self.future is not None and not self.future.done()
-
-    def wait(self):
-        """Wait for the forward to end (its errors come from result())."""
-        future = self.future
-        if future is not None:
-            wait_futures([future])
-
-    def finish(self):
-        """Postprocess now; keep the outputs, or the error, for result()."""
-        if self._done:
-            return
-        self._done = True
-        try:
-            self._segmenter._finish(self)
-        except Exception as exc:  # noqa: B902 - result() raises it for the caller
-            self._error = exc
-        self.uploaded = ()  # the frames are no longer needed
-
-    def result(self):
-        """Return one dict of numpy arrays per frame (see ``Segmenter.process``)."""
-        self.finish()
-        if self._error is not None:
-            raise self._error
-        return self.results
-
-
 class Segmenter:
     """Run a SegmentationModel on frames and produce the uint8 outputs asked for."""
 
@@ -277,13 +223,6 @@ class Segmenter:
         if compiled:
             compile_model(self.model)
         self._lock = threading.Lock()
-        # A runtime other than torch on the CPU runs each forward on a thread of its own, so
-        # that the caller can finish the frame before meanwhile (submit); torch's own forward
-        # and CUDA's stay on the calling thread.
-        self.overlaps = self.device.type == 'cpu' and self.runtime.runtime != 'torch'
-        self._forward_thread = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix='semseg_forward') if self.overlaps else None
-        self._open = []  # submitted Pendings not finished yet, oldest first
         self.set_overlay_alpha(overlay_alpha)
         self.set_classes(classes)
         self.timings = {'preprocess': 0.0, 'inference': 0.0, 'postprocess': 0.0}
@@ -517,18 +456,24 @@ class Segmenter:
         probability for a model that outputs probabilities). Outputs in ``self.unavailable``
         (confidence of a model that outputs class ids) are left out of the dicts.
         """
-        wanted = self._wanted(outputs)
+        wanted = set(outputs)
+        unknown = wanted - set(OUTPUTS)
+        if unknown:
+            raise EngineError(f'unknown outputs {sorted(unknown)}; valid: {OUTPUTS}')
+        wanted -= set(self.unavailable)  # reported once in self.warnings, never faked
         if not frames or not wanted:
             return [{} for _ in frames]
-        self._finish_open(0)  # a runtime keeps its last two outputs per shape only
         with self._lock, torch.inference_mode():
             t0 = time.perf_counter()
-            uploaded, batches = self._prepare(frames)
+            self._upload.reset()
+            uploaded = [self._to_chw(f) for f in frames]
+            batches = self._batch([chw for _, chw in uploaded])
+            _synchronize(self.device)
             t1 = time.perf_counter()
             results = [None] * len(frames)
             inference = 0.0
             # Each batch is postprocessed before the next forward: a runtime may hand back
-            # its output tensors again (openvino_runtime keeps two per input shape).
+            # the same output tensor for every batch of a shape (openvino_runtime).
             for batch, index in batches:
                 start = time.perf_counter()
                 logits = self._infer(batch)
@@ -543,98 +488,6 @@ class Segmenter:
                         'postprocess': t3 - t1 - inference}
         self.frames += len(frames)
         return host
-
-    def submit(self, frames, outputs=OUTPUTS):
-        """
-        Start segmenting frames; return a Pending whose result() is what process() returns.
-
-        Where ``self.overlaps`` (a runtime other than torch on the CPU), the forward of the last
-        batch runs on the segmenter's forward thread and submit returns at once: the caller
-        finishes the previous Pending (postprocessing, publishing) while it runs, and torch's
-        part of both runs on one thread, leaving the cores to the runtime. A runtime keeps the
-        outputs of its last two forwards per input shape (openvino_runtime), so one earlier
-        Pending at most stays open: submit finishes older ones first, and all of them when the
-        frames make several batches. Elsewhere submit does all the work, as process() does.
-        Errors of the preprocessing raise here; those of the forward and postprocessing in
-        result().
-        """
-        if not self.overlaps:
-            results = self.process(frames, outputs)
-            return Pending(self, results=results, timings=dict(self.timings))
-        wanted = self._wanted(outputs)
-        if not frames or not wanted:
-            return Pending(self, results=[{} for _ in frames], timings=dict.fromkeys(
-                ('preprocess', 'inference', 'postprocess'), 0.0))
-        with runtimes.torch_on_one_thread():
-            with self._lock, torch.inference_mode():
-                t0 = time.perf_counter()
-                uploaded, batches = self._prepare(frames)
-                preprocess = time.perf_counter() - t0
-            self._finish_open(1 if len(batches) == 1 else 0)
-            pending = Pending(self, frames=frames, uploaded=uploaded, wanted=wanted,
-                              timings={'preprocess': preprocess, 'inference': 0.0,
-                                       'postprocess': 0.0})
-            for batch, index in batches[:-1]:
-                pending.index = index
-                pending.future = self._forward_thread.submit(self._forward, batch)
-                self._postprocess_pending(pending)
-            pending.index = batches[-1][1]
-            pending.future = self._forward_thread.submit(self._forward, batches[-1][0])
-        with self._lock:
-            self._open.append(pending)
-        return pending
-
-    def _wanted(self, outputs):
-        wanted = set(outputs)
-        unknown = wanted - set(OUTPUTS)
-        if unknown:
-            raise EngineError(f'unknown outputs {sorted(unknown)}; valid: {OUTPUTS}')
-        return wanted - set(self.unavailable)  # reported once in self.warnings, never faked
-
-    def _prepare(self, frames):
-        """Upload and preprocess frames; return (uploaded frames, batches)."""
-        self._upload.reset()
-        uploaded = [self._to_chw(f) for f in frames]
-        batches = self._batch([chw for _, chw in uploaded])
-        _synchronize(self.device)
-        return uploaded, batches
-
-    def _forward(self, batch):
-        """Run one batch on the forward thread; return (logits, seconds)."""
-        with torch.inference_mode():
-            start = time.perf_counter()
-            logits = self._infer(batch)
-            return logits, time.perf_counter() - start
-
-    def _postprocess_pending(self, pending):
-        """Wait for the pending batch's forward and postprocess its frames."""
-        logits, seconds = pending.future.result()
-        pending.future = None
-        start = time.perf_counter()
-        with self._lock, torch.inference_mode():
-            for row, (i, valid) in enumerate(pending.index):
-                image = (pending.uploaded[i][0], self._rgb_order(pending.frames[i]))
-                pending.results[i] = {k: self._download(v) for k, v in self._postprocess(
-                    logits[row], valid, image, pending.wanted).items()}
-        pending.timings['inference'] += seconds
-        pending.timings['postprocess'] += time.perf_counter() - start
-
-    def _finish(self, pending):
-        """Finish a submitted Pending (its forward may still run); errors raise."""
-        with self._lock:
-            if pending in self._open:
-                self._open.remove(pending)
-        with runtimes.torch_on_one_thread():
-            self._postprocess_pending(pending)
-        self.timings = dict(pending.timings)
-        self.frames += len(pending.frames)
-
-    def _finish_open(self, keep):
-        """Finish all but the newest ``keep`` open Pendings (their errors stay with them)."""
-        with self._lock:
-            older = self._open[:len(self._open) - keep]
-        for pending in older:
-            pending.finish()
 
     @staticmethod
     def _rgb_order(frame):

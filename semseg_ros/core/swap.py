@@ -112,11 +112,6 @@ class ModelSwap:
             self.running = pipeline.describe(segmenter, settings) if segmenter else ''
             self.last = None
 
-    @property
-    def waiting(self):
-        """Return True while a swap waits to exchange the models."""
-        return not self._open.is_set()
-
     @contextlib.contextmanager
     def batch(self):
         """Hold the running model for one batch; a waiting swap goes first."""

@@ -9,6 +9,5 @@ so the engine around it does not change. ROS-free.
 
 from semseg_ros.core.runtimes.base import ExportError, Reporter, RuntimeChoice  # noqa: F401
 from semseg_ros.core.runtimes.base import RUNTIMES, RuntimeSetupError  # noqa: F401
-from semseg_ros.core.runtimes.base import thread_budget, torch_on_one_thread  # noqa: F401
 from semseg_ros.core.runtimes.choose import auto_runtime, prepare  # noqa: F401
 from semseg_ros.core.runtimes.int8 import Int8Plan  # noqa: F401

@@ -1,6 +1,5 @@
 """What every runtime adapter shares: errors, the choice made, threads and a progress line."""
 
-import contextlib
 from dataclasses import dataclass, field
 import importlib
 import threading
@@ -96,37 +95,12 @@ def thread_budget():
     """
     Return the intra-op threads a runtime may use: torch's own (the node's budget).
 
-    The engine runs preprocessing and postprocessing with torch and inference with the runtime;
-    in turn, both get torch's count, which uses the cores the node was given and no more. When
-    they overlap (``Segmenter.submit``), torch runs on one thread meanwhile
-    (``torch_on_one_thread``) and this still gives the count it had before. torch's idle OpenMP
-    workers spin only briefly after its work (GOMP_SPINCOUNT, semseg_ros/__init__.py).
+    The engine runs preprocessing and postprocessing with torch and inference with the runtime,
+    one after the other on one worker thread, so the two pools never compute at the same time;
+    giving both torch's count uses the cores the node was given and no more. torch's idle
+    OpenMP workers spin only briefly after its work (GOMP_SPINCOUNT, semseg_ros/__init__.py).
     """
-    with _one_thread_lock:
-        return max(1, int(_one_thread['saved'] or torch.get_num_threads()))
-
-
-# torch's thread count while torch_on_one_thread blocks run (0: none runs).
-_one_thread = {'depth': 0, 'saved': 0}
-_one_thread_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def torch_on_one_thread():
-    """Run the block's torch operations on one thread: a runtime computes on the cores beside."""
-    with _one_thread_lock:
-        if _one_thread['depth'] == 0:
-            _one_thread['saved'] = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _one_thread['depth'] += 1
-    try:
-        yield
-    finally:
-        with _one_thread_lock:
-            _one_thread['depth'] -= 1
-            if _one_thread['depth'] == 0:
-                torch.set_num_threads(_one_thread['saved'])
-                _one_thread['saved'] = 0
+    return max(1, int(torch.get_num_threads()))
 
 
 class Heartbeat:

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 from semseg_ros.core.metrics import ConfusionMatrix
 from semseg_ros.core.runtimes import export as onnx_export
-from semseg_ros.core.runtimes.base import Heartbeat, RuntimeSetupError, thread_budget
+from semseg_ros.core.runtimes.base import Heartbeat, RuntimeSetupError
 from semseg_ros.core.train import dataset
 from semseg_ros.core.weights import sha256_of
 import torch
@@ -322,7 +322,7 @@ def _quantize(onnx_path, xml, plan):
     start = time.monotonic()
     core = ov.Core()
     config = {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1,
-              'INFERENCE_NUM_THREADS': thread_budget(),
+              'INFERENCE_NUM_THREADS': max(1, torch.get_num_threads()),
               'INFERENCE_PRECISION_HINT': 'f32'}
     model = core.read_model(onnx_path)
     fp32 = core.compile_model(model, 'CPU', config)

@@ -7,12 +7,10 @@ OpenVINO would otherwise run in bf16 by default, which changed 1.6 % of ESPNetv2
 the parity sample here). bf16 needs a CPU that computes in it (AVX512-BF16 or AMX;
 ``bf16_units``, checked where the runtime is chosen). Compiled models are cached in the
 cache folder, so a restart does not compile again. Once the output
-shape of an input shape is known, the output is written straight into torch tensors kept for
+shape of an input shape is known, the output is written straight into a torch tensor kept for
 that shape: a new one per call would land on fresh pages past glibc's 32 MiB mmap limit
-(ESPNet 1280x720: 44 MB of logits, 11 000 page faults and 5-10 ms per frame). Two are kept
-per shape and used in turn, so that the engine can postprocess one batch while the next runs
-(``Segmenter.submit``): the tensor a call returns is valid until the second next call with the
-same input shape.
+(ESPNet 1280x720: 44 MB of logits, 11 000 page faults and 5-10 ms per frame). So the tensor a
+call returns is valid until the next call with the same input shape.
 """
 
 import functools
@@ -60,21 +58,15 @@ class OpenVinoRunner:
         self.input_torch = types.get(self.compiled.input(0).get_element_type(), torch.float32)
         # Written into torch memory only when the output is f32; else copied out.
         self._direct = self.compiled.output(0).get_element_type() == ov.Type.f32
-        # Input shape -> [calls so far, [(infer request, its output tensor or None)] * 2]. Own
-        # requests per shape: a request whose output is a tensor of one shape cannot run another
-        # batch size.
+        # Input shape -> (infer request, its output tensor or None). One request per shape:
+        # a request whose output is a tensor of one shape cannot run another batch size.
         self._slots = {}
 
     def __call__(self, batch):
         """Run the compiled model on a (N, 3, H, W) float tensor; return its first output."""
         x = batch.detach().to('cpu', self.input_torch).contiguous()
         key = tuple(x.shape)
-        slot = self._slots.setdefault(key, [0, []])
-        turn = slot[0] % 2
-        slot[0] += 1
-        if turn == len(slot[1]):
-            slot[1].append((self.compiled.create_infer_request(), None))
-        request, out = slot[1][turn]
+        request, out = self._slots.get(key) or (self.compiled.create_infer_request(), None)
         request.set_input_tensor(0, self._ov.Tensor(x.numpy(), shared_memory=True))
         request.infer()
         if out is not None:
@@ -83,5 +75,5 @@ class OpenVinoRunner:
         if self._direct:
             # From now on the request writes into this tensor.
             request.set_output_tensor(0, self._ov.Tensor(out.numpy(), shared_memory=True))
-            slot[1][turn] = (request, out)
+        self._slots[key] = (request, out if self._direct else None)
         return out
