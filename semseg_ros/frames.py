@@ -7,7 +7,7 @@ all cameras, decodes them, gives them to the engine in one batch and publishes t
 someone subscribes to, each with the input header unchanged.
 
 A mixin of SegmentationNode (node.py): it uses the node's ``_cond``, ``_stop``, ``_work``,
-``cameras``, ``segmenter``, ``settings``, ``grid``, ``swapper`` and logger.
+``cameras``, ``segmenter``, ``settings``, ``grid``, ``swapper``, context, clock and logger.
 """
 
 import time
